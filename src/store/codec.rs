@@ -1,0 +1,97 @@
+//! Records as they are kept in RocksDB. Encoded with prost so that fields can be added
+//! later without a migration: an older record simply decodes with the new field unset.
+
+use std::collections::BTreeMap;
+
+/// One cached entry, including its embedding.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EntryRecord {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, tag = "2")]
+    pub namespace: String,
+    #[prost(string, tag = "3")]
+    pub query: String,
+    #[prost(string, tag = "4")]
+    pub response: String,
+    #[prost(btree_map = "string, string", tag = "5")]
+    pub scope: BTreeMap<String, String>,
+    #[prost(btree_map = "string, string", tag = "6")]
+    pub metadata: BTreeMap<String, String>,
+    #[prost(int64, tag = "7")]
+    pub created_at_unix_ms: i64,
+    /// 0 = never expires.
+    #[prost(int64, tag = "8")]
+    pub expires_at_unix_ms: i64,
+    #[prost(uint64, tag = "9")]
+    pub hit_count: u64,
+    /// Unit-length embedding of `query`.
+    #[prost(float, repeated, tag = "10")]
+    pub vector: Vec<f32>,
+    #[prost(uint64, tag = "11")]
+    pub input_tokens: u64,
+    #[prost(uint64, tag = "12")]
+    pub output_tokens: u64,
+    #[prost(double, tag = "13")]
+    pub cost_usd: f64,
+}
+
+impl EntryRecord {
+    pub fn is_live(&self, now_unix_ms: i64) -> bool {
+        self.expires_at_unix_ms == 0 || self.expires_at_unix_ms > now_unix_ms
+    }
+}
+
+/// A namespace's settings.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NamespaceRecord {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(float, tag = "2")]
+    pub similarity_threshold: f32,
+    #[prost(uint64, tag = "3")]
+    pub ttl_seconds: u64,
+    #[prost(uint64, tag = "4")]
+    pub max_entries: u64,
+    /// Fingerprint of the model its vectors were made with.
+    #[prost(string, tag = "5")]
+    pub embedding_model: String,
+    #[prost(int64, tag = "6")]
+    pub created_at_unix_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn entry_round_trips_with_vector_and_maps() {
+        let rec = EntryRecord {
+            id: 42,
+            namespace: "support".into(),
+            query: "q".into(),
+            response: "r".into(),
+            scope: [("model".to_string(), "gpt".to_string())].into(),
+            metadata: [("k".to_string(), "v".to_string())].into(),
+            created_at_unix_ms: 1,
+            expires_at_unix_ms: 2,
+            hit_count: 3,
+            vector: vec![0.5, -0.25, 1.0],
+            input_tokens: 10,
+            output_tokens: 20,
+            cost_usd: 0.01,
+        };
+        let bytes = rec.encode_to_vec();
+        assert_eq!(EntryRecord::decode(bytes.as_slice()).unwrap(), rec);
+    }
+
+    #[test]
+    fn liveness_respects_zero_as_never() {
+        let mut rec = EntryRecord::default();
+        assert!(rec.is_live(i64::MAX));
+        rec.expires_at_unix_ms = 100;
+        assert!(rec.is_live(99));
+        assert!(!rec.is_live(100));
+    }
+}

@@ -1,0 +1,296 @@
+//! RocksDB, the source of truth. Everything in memory (the graphs, the counters) is derived
+//! from what is here and can be rebuilt from it.
+//!
+//! Column families: `entries` (entry key -> [`EntryRecord`], vector included), `exact`
+//! (hash of namespace, scope and normalised query -> entry key), `namespaces` (name ->
+//! [`NamespaceRecord`]) and `meta` (schema version, model fingerprint, id high-water mark).
+//!
+//! Durability: every acknowledged write goes through [`Store::write`] with `sync = true`, so
+//! the WAL is fsynced before the caller hears back. RocksDB joins concurrent writers into one
+//! write group with a single fsync, which gives group commit under load without a timer.
+
+pub mod codec;
+pub mod keys;
+
+pub use codec::{EntryRecord, NamespaceRecord};
+
+use prost::Message;
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use std::path::{Path, PathBuf};
+
+const CF_ENTRIES: &str = "entries";
+const CF_EXACT: &str = "exact";
+const CF_NAMESPACES: &str = "namespaces";
+const CF_META: &str = "meta";
+
+const META_SCHEMA: &[u8] = b"schema_version";
+const META_MODEL: &[u8] = b"model_fingerprint";
+const META_ID_HIGH_WATER: &[u8] = b"id_high_water";
+
+/// Layout version of the data directory. Bump on any change an older reader would misread.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("RocksDB failed on data dir {path}: {source}")]
+    Rocks { path: PathBuf, source: rocksdb::Error },
+    #[error(
+        "data dir {path} is not empty and holds no semcache database; \
+         pass an empty directory or an existing semcache data dir with --data-dir"
+    )]
+    Foreign { path: PathBuf },
+    #[error(
+        "data dir {path} has schema version {found}, but this semcache reads version {expected}; \
+         use a semcache release that matches it, or a new data dir"
+    )]
+    Schema { path: PathBuf, found: String, expected: u32 },
+    #[error("data dir {path} holds a corrupt record in `{cf}` under key {key:?}: {reason}")]
+    Corrupt { path: PathBuf, cf: &'static str, key: String, reason: String },
+}
+
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the data directory and checks its schema version.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let is_new = !path.join("CURRENT").exists();
+        if is_new && path.read_dir().map(|mut d| d.next().is_some()).unwrap_or(false) {
+            return Err(StoreError::Foreign { path: path.to_owned() });
+        }
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let cfs = [CF_ENTRIES, CF_EXACT, CF_NAMESPACES, CF_META]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)
+            .map_err(|source| StoreError::Rocks { path: path.to_owned(), source })?;
+        let store = Store { db, path: path.to_owned() };
+
+        match store.meta(META_SCHEMA)? {
+            None if is_new => store.put_meta(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?,
+            Some(v) if v.as_slice() == SCHEMA_VERSION.to_be_bytes() => {}
+            found => {
+                let found = match found {
+                    Some(v) if v.len() == 4 => u32::from_be_bytes(v.try_into().expect("4 bytes")).to_string(),
+                    Some(v) => format!("unreadable ({} bytes)", v.len()),
+                    None => "missing".to_string(),
+                };
+                return Err(StoreError::Schema { path: path.to_owned(), found, expected: SCHEMA_VERSION });
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cf(&self, name: &'static str) -> &ColumnFamily {
+        self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    fn rocks(&self, source: rocksdb::Error) -> StoreError {
+        StoreError::Rocks { path: self.path.clone(), source }
+    }
+
+    fn corrupt(&self, cf: &'static str, key: &[u8], reason: impl ToString) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            cf,
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get_cf(self.cf(CF_META), key).map_err(|e| self.rocks(e))
+    }
+
+    fn put_meta(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let mut batch = self.batch();
+        batch.inner.put_cf(self.cf(CF_META), key, value);
+        self.write(batch)
+    }
+
+    /// The fingerprint of the model this data set was embedded with, if one was recorded.
+    pub fn model_fingerprint(&self) -> Result<Option<String>, StoreError> {
+        self.meta(META_MODEL)?
+            .map(|v| String::from_utf8(v).map_err(|e| self.corrupt(CF_META, META_MODEL, e)))
+            .transpose()
+    }
+
+    pub fn set_model_fingerprint(&self, fingerprint: &str) -> Result<(), StoreError> {
+        self.put_meta(META_MODEL, fingerprint.as_bytes())
+    }
+
+    /// Ids below this mark may have been handed out; ids at or above it never were.
+    pub fn id_high_water(&self) -> Result<u64, StoreError> {
+        match self.meta(META_ID_HIGH_WATER)? {
+            None => Ok(0),
+            Some(v) => v
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| self.corrupt(CF_META, META_ID_HIGH_WATER, "expected 8 bytes")),
+        }
+    }
+
+    pub fn set_id_high_water(&self, mark: u64) -> Result<(), StoreError> {
+        self.put_meta(META_ID_HIGH_WATER, &mark.to_be_bytes())
+    }
+
+    pub fn get_entry(&self, namespace: &str, id: u64) -> Result<Option<EntryRecord>, StoreError> {
+        let key = keys::entry_key(namespace, id);
+        self.db
+            .get_pinned_cf(self.cf(CF_ENTRIES), &key)
+            .map_err(|e| self.rocks(e))?
+            .map(|v| EntryRecord::decode(v.as_ref()).map_err(|e| self.corrupt(CF_ENTRIES, &key, e)))
+            .transpose()
+    }
+
+    /// The namespace and id of the entry stored under an exact key.
+    pub fn get_exact(&self, exact: &[u8; 32]) -> Result<Option<(String, u64)>, StoreError> {
+        let Some(v) = self.db.get_pinned_cf(self.cf(CF_EXACT), exact).map_err(|e| self.rocks(e))? else {
+            return Ok(None);
+        };
+        match keys::parse_entry_key(&v) {
+            Some((ns, id)) => Ok(Some((ns.to_owned(), id))),
+            None => Err(self.corrupt(CF_EXACT, exact, "value is not an entry key")),
+        }
+    }
+
+    pub fn namespaces(&self) -> Result<Vec<NamespaceRecord>, StoreError> {
+        self.db
+            .iterator_cf(self.cf(CF_NAMESPACES), IteratorMode::Start)
+            .map(|item| {
+                let (k, v) = item.map_err(|e| self.rocks(e))?;
+                NamespaceRecord::decode(v.as_ref()).map_err(|e| self.corrupt(CF_NAMESPACES, &k, e))
+            })
+            .collect()
+    }
+
+    /// Every entry of one namespace, in id order.
+    pub fn scan_namespace<'a>(&'a self, namespace: &str) -> impl Iterator<Item = Result<EntryRecord, StoreError>> + 'a {
+        let prefix = keys::namespace_prefix(namespace);
+        self.db
+            .iterator_cf(self.cf(CF_ENTRIES), IteratorMode::From(&prefix, Direction::Forward))
+            .take_while(move |item| item.as_ref().map(|(k, _)| k.starts_with(&prefix)).unwrap_or(true))
+            .map(|item| self.decode_entry(item))
+    }
+
+    /// Every entry of every namespace.
+    pub fn scan_all(&self) -> impl Iterator<Item = Result<EntryRecord, StoreError>> + '_ {
+        self.db.iterator_cf(self.cf(CF_ENTRIES), IteratorMode::Start).map(|item| self.decode_entry(item))
+    }
+
+    fn decode_entry(&self, item: Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>) -> Result<EntryRecord, StoreError> {
+        let (k, v) = item.map_err(|e| self.rocks(e))?;
+        EntryRecord::decode(v.as_ref()).map_err(|e| self.corrupt(CF_ENTRIES, &k, e))
+    }
+
+    pub fn batch(&self) -> Batch<'_> {
+        Batch { store: self, inner: WriteBatch::default() }
+    }
+
+    /// Applies a batch atomically and returns only once it is durable (WAL fsynced).
+    pub fn write(&self, batch: Batch<'_>) -> Result<(), StoreError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch.inner, &opts).map_err(|e| self.rocks(e))
+    }
+}
+
+/// The writes of one operation, applied all together or not at all.
+pub struct Batch<'a> {
+    store: &'a Store,
+    inner: WriteBatch,
+}
+
+impl Batch<'_> {
+    pub fn put_entry(&mut self, entry: &EntryRecord) {
+        let key = keys::entry_key(&entry.namespace, entry.id);
+        self.inner.put_cf(self.store.cf(CF_ENTRIES), key, entry.encode_to_vec());
+    }
+
+    pub fn delete_entry(&mut self, namespace: &str, id: u64) {
+        self.inner.delete_cf(self.store.cf(CF_ENTRIES), keys::entry_key(namespace, id));
+    }
+
+    pub fn put_exact(&mut self, exact: &[u8; 32], namespace: &str, id: u64) {
+        self.inner.put_cf(self.store.cf(CF_EXACT), exact, keys::entry_key(namespace, id));
+    }
+
+    pub fn delete_exact(&mut self, exact: &[u8; 32]) {
+        self.inner.delete_cf(self.store.cf(CF_EXACT), exact);
+    }
+
+    pub fn put_namespace(&mut self, ns: &NamespaceRecord) {
+        self.inner.put_cf(self.store.cf(CF_NAMESPACES), ns.name.as_bytes(), ns.encode_to_vec());
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(ns: &str, id: u64) -> EntryRecord {
+        EntryRecord { id, namespace: ns.into(), query: format!("q{id}"), ..Default::default() }
+    }
+
+    #[test]
+    fn writes_survive_reopen_and_scans_stay_in_their_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut b = store.batch();
+            for (ns, id) in [("a", 1), ("a", 3), ("ab", 2), ("b", 4)] {
+                b.put_entry(&entry(ns, id));
+            }
+            b.put_exact(&[7; 32], "a", 3);
+            store.write(b).unwrap();
+            store.set_id_high_water(1024).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let ids: Vec<u64> = store.scan_namespace("a").map(|e| e.unwrap().id).collect();
+        assert_eq!(ids, vec![1, 3]);
+        assert_eq!(store.scan_all().count(), 4);
+        assert_eq!(store.get_exact(&[7; 32]).unwrap(), Some(("a".to_string(), 3)));
+        assert_eq!(store.get_entry("ab", 2).unwrap().unwrap().query, "q2");
+        assert_eq!(store.get_entry("a", 2).unwrap(), None);
+        assert_eq!(store.id_high_water().unwrap(), 1024);
+    }
+
+    #[test]
+    fn refuses_a_foreign_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+        assert!(err.to_string().contains(&dir.path().display().to_string()));
+    }
+
+    #[test]
+    fn refuses_another_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.put_meta(META_SCHEMA, &99u32.to_be_bytes()).unwrap();
+        }
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        assert!(matches!(err, StoreError::Schema { .. }), "{err}");
+        assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+}
