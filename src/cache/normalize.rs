@@ -1,0 +1,41 @@
+//! The text form under which two queries count as the same question for the exact path.
+
+use unicode_normalization::UnicodeNormalization;
+
+/// Unicode NFKC, trimmed, runs of whitespace collapsed to one space, lower-cased.
+/// (Rust offers no full Unicode case folding; `to_lowercase` differs from it only for a
+/// handful of characters such as the German sharp s, which then merely miss the exact path
+/// and still go through the model.)
+pub fn normalize(text: &str) -> String {
+    let nfkc: String = text.nfkc().collect();
+    let mut out = String::with_capacity(nfkc.len());
+    for word in nfkc.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.extend(word.chars().flat_map(char::to_lowercase));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+
+    #[test]
+    fn folds_case_space_and_compatibility_forms() {
+        assert_eq!(normalize("  How do I\treset   my\nPassword? "), "how do i reset my password?");
+        // Full-width letters and the "ﬁ" ligature are NFKC-equivalent to plain ASCII.
+        assert_eq!(normalize("ＨＥＬＬＯ ﬁle"), "hello file");
+        // Non-breaking and ideographic spaces count as whitespace.
+        assert_eq!(normalize("a\u{00A0}b\u{3000}c"), "a b c");
+        assert_eq!(normalize("   "), "");
+    }
+
+    #[test]
+    fn keeps_what_changes_meaning() {
+        assert_ne!(normalize("5 miles"), normalize("50 miles"));
+        assert_ne!(normalize("café"), normalize("cafe"));
+        assert_eq!(normalize("Café"), normalize("cafe\u{301}"));
+    }
+}
