@@ -1,0 +1,155 @@
+//! The gRPC edge: converts between the wire messages and the cache's types, and maps errors to
+//! statuses (`status.rs`). No policy lives here.
+
+mod status;
+
+use crate::cache::{self, Cache, DeleteTarget, Entry, NamespaceView};
+use crate::proto::{self as pb, semantic_cache_server::SemanticCache};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub use pb::semantic_cache_server::SemanticCacheServer;
+
+pub struct SemanticCacheService {
+    cache: Arc<Cache>,
+}
+
+impl SemanticCacheService {
+    pub fn new(cache: Arc<Cache>) -> Self {
+        Self { cache }
+    }
+
+    pub fn into_server(self) -> SemanticCacheServer<Self> {
+        SemanticCacheServer::new(self)
+    }
+}
+
+fn entry_to_pb(e: Entry) -> pb::Entry {
+    pb::Entry {
+        id: e.id.to_string(),
+        namespace: e.namespace,
+        query: e.query,
+        response: e.response,
+        scope: e.scope,
+        metadata: e.metadata,
+        created_at_unix_ms: e.created_at_unix_ms,
+        expires_at_unix_ms: e.expires_at_unix_ms,
+        hit_count: e.hit_count,
+    }
+}
+
+fn namespace_to_pb(v: NamespaceView) -> pb::Namespace {
+    pb::Namespace {
+        name: v.settings.name,
+        similarity_threshold: v.settings.similarity_threshold,
+        ttl_seconds: v.settings.ttl_seconds,
+        max_entries: v.settings.max_entries,
+        entries: v.entries,
+        embedding_model: v.settings.embedding_model,
+    }
+}
+
+#[tonic::async_trait]
+impl SemanticCache for SemanticCacheService {
+    async fn lookup(&self, request: Request<pb::LookupRequest>) -> Result<Response<pb::LookupResponse>, Status> {
+        let r = request.into_inner();
+        let outcome = self
+            .cache
+            .lookup(cache::LookupRequest {
+                namespace: r.namespace,
+                query: r.query,
+                scope: r.scope,
+                similarity_threshold: r.similarity_threshold,
+            })
+            .await?;
+        Ok(Response::new(pb::LookupResponse {
+            hit: outcome.hit(),
+            entry: outcome.entry.map(entry_to_pb),
+            similarity: outcome.similarity,
+            nearest_id: outcome.nearest_id.map(|id| id.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn store(&self, request: Request<pb::StoreRequest>) -> Result<Response<pb::StoreResponse>, Status> {
+        let r = request.into_inner();
+        let usage = r.usage.unwrap_or_default();
+        let id = self
+            .cache
+            .store(cache::StoreRequest {
+                namespace: r.namespace,
+                query: r.query,
+                response: r.response,
+                scope: r.scope,
+                metadata: r.metadata,
+                ttl_seconds: r.ttl_seconds,
+                usage: cache::Usage {
+                    input_tokens: usage.input_tokens,
+                    output_tokens: usage.output_tokens,
+                    cost_usd: usage.cost_usd,
+                },
+            })
+            .await?;
+        Ok(Response::new(pb::StoreResponse { id: id.to_string() }))
+    }
+
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let r = request.into_inner();
+        let target = match r.target {
+            Some(pb::delete_request::Target::Id(id)) => DeleteTarget::Id(id),
+            Some(pb::delete_request::Target::Scope(s)) => DeleteTarget::Scope(s.scope),
+            Some(pb::delete_request::Target::All(true)) => DeleteTarget::All,
+            Some(pb::delete_request::Target::All(false)) | None => {
+                return Err(Status::invalid_argument(
+                    "target is required: set id, scope, or all = true to say what to delete",
+                ))
+            }
+        };
+        let deleted = self.cache.delete(r.namespace, target).await?;
+        Ok(Response::new(pb::DeleteResponse { deleted }))
+    }
+
+    async fn configure_namespace(
+        &self,
+        request: Request<pb::ConfigureNamespaceRequest>,
+    ) -> Result<Response<pb::Namespace>, Status> {
+        let r = request.into_inner();
+        let view = self
+            .cache
+            .configure_namespace(cache::NamespaceUpdate {
+                name: r.name,
+                similarity_threshold: r.similarity_threshold,
+                ttl_seconds: r.ttl_seconds,
+                max_entries: r.max_entries,
+            })
+            .await?;
+        Ok(Response::new(namespace_to_pb(view)))
+    }
+
+    async fn get_namespace(
+        &self,
+        request: Request<pb::GetNamespaceRequest>,
+    ) -> Result<Response<pb::Namespace>, Status> {
+        let view = self.cache.get_namespace(&request.into_inner().name)?;
+        Ok(Response::new(namespace_to_pb(view)))
+    }
+
+    async fn list_namespaces(
+        &self,
+        _request: Request<pb::ListNamespacesRequest>,
+    ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        let namespaces = self.cache.list_namespaces().into_iter().map(namespace_to_pb).collect();
+        Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
+    }
+
+    async fn stats(&self, request: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+        let s = self.cache.stats(&request.into_inner().namespace)?;
+        Ok(Response::new(pb::StatsResponse {
+            lookups: s.lookups,
+            hits: s.hits,
+            misses: s.misses,
+            stores: s.stores,
+            entries: s.entries,
+            ..Default::default()
+        }))
+    }
+}

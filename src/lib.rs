@@ -1,0 +1,22 @@
+//! semcache: a semantic cache server for LLM responses.
+//!
+//! Data flows one way: [`grpc`] (the tonic service, status mapping) -> [`cache`] (the policy:
+//! validation, scope, threshold, TTL) -> [`embed`] (the sentence model on its own thread),
+//! [`index`] (HNSW graphs per namespace and scope, derived data) and [`store`] (RocksDB, the
+//! source of truth). [`server`] wires them together for `semcache serve`.
+
+pub mod cache;
+pub mod config;
+pub mod embed;
+pub mod grpc;
+pub mod index;
+pub mod server;
+pub mod store;
+
+/// The generated protobuf and gRPC code for `proto/semcache/v1/semcache.proto`.
+pub mod proto {
+    tonic::include_proto!("semcache.v1");
+
+    /// Encoded descriptor set of the API, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/semcache_descriptor.bin"));
+}

@@ -1,0 +1,117 @@
+//! `semcache serve`: opens the data dir, starts the model thread and the gRPC server, and
+//! flips health to SERVING once the model has loaded and answered a warm-up request.
+
+use crate::cache::{validate, Cache, CacheError, Defaults, Limits};
+use crate::config::ServeArgs;
+use crate::embed::{check_model_dir, EmbedError, Embedder, ModelInfo};
+use crate::grpc::{SemanticCacheServer, SemanticCacheService};
+use crate::index::IndexParams;
+use crate::store::Store;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid setting: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+fn check_args(args: &ServeArgs) -> Result<(), ServeError> {
+    validate::threshold("--default-threshold", args.default_threshold)
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    if args.max_batch == 0 || args.max_queue == 0 {
+        return Err(ServeError::Config("--max-batch and --max-queue must be at least 1".into()));
+    }
+    Ok(())
+}
+
+/// Serves on `listener` until `shutdown` resolves (then in-flight requests finish) or the
+/// model fails to load (then the error is returned).
+pub async fn run(
+    args: ServeArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    check_args(&args)?;
+    check_model_dir(&args.model_dir)?;
+    let model_dir = args.model_dir.clone();
+    let info = tokio::task::spawn_blocking(move || ModelInfo::read(&model_dir)).await.expect("model info task")?;
+    tracing::info!(model = %info.fingerprint, dim = info.dim, "model found");
+
+    // The model loads on its own thread while the index is rebuilt here.
+    let (embedder, ready) =
+        Embedder::spawn(&args.model_dir, info, args.device, args.max_queue, args.max_batch, args.warmup_rounds);
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|source| ServeError::DataDir { path: args.data_dir.clone(), source })?;
+    let defaults = Defaults { similarity_threshold: args.default_threshold, ttl_seconds: args.default_ttl_seconds };
+    let limits = Limits { max_query_bytes: args.max_query_bytes, max_response_bytes: args.max_response_bytes };
+    let data_dir = args.data_dir.clone();
+    let cache = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&data_dir).map_err(CacheError::from)?;
+        Cache::open(store, embedder, IndexParams::default(), defaults, limits)
+    })
+    .await
+    .expect("cache open task")?;
+    let cache = Arc::new(cache);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_not_serving::<SemanticCacheServer<SemanticCacheService>>().await;
+    health.set_service_status("", ServingStatus::NotServing).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let failure: Arc<Mutex<Option<EmbedError>>> = Arc::default();
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
+    {
+        let failure = failure.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            match ready.await {
+                Ok(Ok(())) => {
+                    health.set_serving::<SemanticCacheServer<SemanticCacheService>>().await;
+                    health.set_service_status("", ServingStatus::Serving).await;
+                    tracing::info!("model loaded and warmed up; serving");
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "model failed to load");
+                    *failure.lock().expect("failure lock") = Some(e);
+                    let _ = failed_tx.send(());
+                }
+                Err(_) => {}
+            }
+        });
+    }
+
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => tracing::info!("shutting down: finishing in-flight requests"),
+            Ok(()) = failed_rx => {}
+        }
+    };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(SemanticCacheService::new(cache).into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+        .await?;
+    let failed = failure.lock().expect("failure lock").take();
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
