@@ -1,0 +1,108 @@
+//! Starts the real server (real model, real RocksDB) on a loopback port for a test.
+#![allow(dead_code)]
+
+use semcache::config::ServeArgs;
+use semcache::proto::semantic_cache_client::SemanticCacheClient;
+use semcache::proto::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+/// The default model, fetched by `models/fetch.sh`; `SEMCACHE_TEST_MODEL_DIR` overrides.
+pub fn model_dir() -> PathBuf {
+    let dir = std::env::var_os("SEMCACHE_TEST_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"));
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "the tests need the real model in {}: run `models/fetch.sh` first",
+        dir.display()
+    );
+    dir
+}
+
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub client: SemanticCacheClient<Channel>,
+    pub channel: Channel,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), semcache::server::ServeError>>>,
+}
+
+impl TestServer {
+    /// Starts a server on `data_dir` and waits until health says SERVING.
+    pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(ServeArgs::with_dirs(data_dir, model_dir())).await
+    }
+
+    pub async fn start_with(args: ServeArgs) -> Self {
+        let server = Self::spawn(args).await;
+        server.wait_serving().await;
+        server
+    }
+
+    /// Starts a server without waiting for the model.
+    pub async fn spawn(args: ServeArgs) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(semcache::server::run(args, listener, async {
+            let _ = stopped.await;
+        }));
+        let channel = loop {
+            match Channel::from_shared(format!("http://{addr}")).unwrap().connect().await {
+                Ok(c) => break c,
+                Err(_) if !task.is_finished() => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => panic!("server did not start: {e}; {:?}", task.await),
+            }
+        };
+        Self { addr, client: SemanticCacheClient::new(channel.clone()), channel, stop: Some(stop), task: Some(task) }
+    }
+
+    pub async fn health(&self, service: &str) -> ServingStatus {
+        let mut health = HealthClient::new(self.channel.clone());
+        let resp = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        ServingStatus::try_from(resp.status).unwrap()
+    }
+
+    pub async fn wait_serving(&self) {
+        for _ in 0..3000 {
+            if self.health("").await == ServingStatus::Serving {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("server did not become SERVING within 60 s");
+    }
+
+    /// Stops the server gracefully and waits until it has released the data dir.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+pub fn scope(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+pub fn store_req(ns: &str, query: &str, response: &str) -> StoreRequest {
+    StoreRequest { namespace: ns.into(), query: query.into(), response: response.into(), ..Default::default() }
+}
+
+pub fn lookup_req(ns: &str, query: &str) -> LookupRequest {
+    LookupRequest { namespace: ns.into(), query: query.into(), ..Default::default() }
+}
+
+pub async fn store(client: &mut SemanticCacheClient<Channel>, req: StoreRequest) -> String {
+    client.store(req).await.expect("store").into_inner().id
+}
+
+pub async fn lookup(client: &mut SemanticCacheClient<Channel>, req: LookupRequest) -> LookupResponse {
+    client.lookup(req).await.expect("lookup").into_inner()
+}

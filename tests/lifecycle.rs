@@ -1,0 +1,115 @@
+//! Restart, health and reflection: the server as an operator sees it.
+
+mod common;
+
+use common::*;
+use semcache::proto::*;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client.clone();
+    let id = store(&mut c, store_req("support", "How do I reset my password?", "answer")).await;
+    let mut scoped = store_req("support", "What is your shipping policy?", "scoped");
+    scoped.scope = scope(&[("tenant", "acme")]);
+    scoped.metadata = scope(&[("source", "gpt-4o")]);
+    let scoped_id = store(&mut c, scoped).await;
+    let deleted = store(&mut c, store_req("support", "Where is my order?", "gone")).await;
+    c.delete(DeleteRequest { namespace: "support".into(), target: Some(delete_request::Target::Id(deleted.clone())) })
+        .await
+        .unwrap();
+    c.configure_namespace(ConfigureNamespaceRequest {
+        name: "support".into(),
+        similarity_threshold: Some(0.7),
+        ttl_seconds: Some(3600),
+        max_entries: Some(100),
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client.clone();
+    let hit = lookup(&mut c, lookup_req("support", "I forgot my password, how can I change it?")).await;
+    assert!(hit.hit);
+    assert_eq!(hit.entry.unwrap().id, id);
+    let mut l = lookup_req("support", "what is your shipping policy?");
+    l.scope = scope(&[("tenant", "acme")]);
+    let r = lookup(&mut c, l).await;
+    let e = r.entry.expect("scoped entry survives");
+    assert_eq!((e.id, e.metadata), (scoped_id.clone(), scope(&[("source", "gpt-4o")])));
+    assert!(!lookup(&mut c, lookup_req("support", "Where is my order?")).await.hit, "deletes survive too");
+
+    let ns = c.get_namespace(GetNamespaceRequest { name: "support".into() }).await.unwrap().into_inner();
+    assert_eq!((ns.similarity_threshold, ns.ttl_seconds, ns.max_entries, ns.entries), (0.7, 3600, 100, 2));
+
+    // Ids keep growing across restarts; none is reused.
+    let next = store(&mut c, store_req("support", "Do you ship abroad?", "yes")).await;
+    let n: u64 = next.parse().unwrap();
+    for old in [&id, &scoped_id, &deleted] {
+        assert!(n > old.parse::<u64>().unwrap());
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_from_another_model_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = semcache::store::Store::open(dir.path()).unwrap();
+        store.set_model_fingerprint("other-model/768/0123456789abcdef").unwrap();
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let args = semcache::config::ServeArgs::with_dirs(dir.path(), model_dir());
+    let err = semcache::server::run(args, listener, std::future::pending()).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("other-model/768/0123456789abcdef") && msg.contains("all-MiniLM-L6-v2"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_serving_only_after_the_model_is_warm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = semcache::config::ServeArgs::with_dirs(dir.path(), model_dir());
+    // Enough warm-up passes (seconds) that the test reliably sees the loading phase.
+    args.warmup_rounds = 300;
+    let server = TestServer::spawn(args).await;
+    let service = "semcache.v1.SemanticCache";
+    assert_eq!(server.health("").await, ServingStatus::NotServing);
+    assert_eq!(server.health(service).await, ServingStatus::NotServing);
+    let mut c = server.client.clone();
+    let status = c.store(store_req("ns", "q", "r")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("loading"), "{}", status.message());
+
+    server.wait_serving().await;
+    assert_eq!(server.health(service).await, ServingStatus::Serving);
+    store(&mut c, store_req("ns", "q", "r")).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_services() {
+    use tokio_stream::StreamExt;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut client = ServerReflectionClient::new(server.channel.clone());
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+    let resp = stream.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("{resp:?}") };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for want in ["semcache.v1.SemanticCache", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"] {
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    }
+    server.stop().await;
+}
