@@ -106,9 +106,14 @@ pub async fn run(
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(SemanticCacheService::new(cache).into_server())
+        .add_service(SemanticCacheService::new(cache.clone()).into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         .await?;
+    // Every request has finished: persist what was only counted in memory.
+    match tokio::task::spawn_blocking(move || cache.flush_hit_counts()).await.expect("flush task") {
+        Ok(n) => tracing::info!(entries = n, "hit counts flushed"),
+        Err(e) => tracing::error!(error = %e, "could not flush hit counts"),
+    }
     let failed = failure.lock().expect("failure lock").take();
     match failed {
         Some(e) => Err(e.into()),

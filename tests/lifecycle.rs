@@ -12,6 +12,7 @@ async fn everything_survives_a_restart() {
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client.clone();
     let id = store(&mut c, store_req("support", "How do I reset my password?", "answer")).await;
+    assert!(lookup(&mut c, lookup_req("support", "How do I reset my password?")).await.hit);
     let mut scoped = store_req("support", "What is your shipping policy?", "scoped");
     scoped.scope = scope(&[("tenant", "acme")]);
     scoped.metadata = scope(&[("source", "gpt-4o")]);
@@ -34,7 +35,9 @@ async fn everything_survives_a_restart() {
     let mut c = server.client.clone();
     let hit = lookup(&mut c, lookup_req("support", "I forgot my password, how can I change it?")).await;
     assert!(hit.hit);
-    assert_eq!(hit.entry.unwrap().id, id);
+    let entry = hit.entry.unwrap();
+    assert_eq!(entry.id, id);
+    assert_eq!(entry.hit_count, 2, "the hit before the restart was flushed at shutdown");
     let mut l = lookup_req("support", "what is your shipping policy?");
     l.scope = scope(&[("tenant", "acme")]);
     let r = lookup(&mut c, l).await;

@@ -193,8 +193,9 @@ pub struct Cache {
     totals: Counters,
     ids: IdAllocator,
     stripes: Vec<Mutex<()>>,
-    /// Hits since start, per entry id, added to the stored count when an entry is returned.
-    hit_counts: Mutex<HashMap<u64, u64>>,
+    /// Hits since the last flush, per entry id, added to the stored count when an entry is
+    /// returned. Kept in memory so a hit costs no RocksDB write; flushed at shutdown.
+    hit_counts: Mutex<HashMap<(String, u64), u64>>,
     defaults: Defaults,
     limits: Limits,
 }
@@ -293,7 +294,7 @@ impl Cache {
 
     fn record_hit(&self, mut entry: Entry) -> Entry {
         let mut counts = self.hit_counts.lock().expect("hit counts lock");
-        let count = counts.entry(entry.id).or_default();
+        let count = counts.entry((entry.namespace.clone(), entry.id)).or_default();
         *count += 1;
         entry.hit_count += *count;
         entry
@@ -420,7 +421,7 @@ impl Cache {
         self.index.insert(&entry.namespace, &scope, id, &entry.vector);
         if let Some(old) = replaced {
             self.index.remove(&entry.namespace, &scope, old);
-            self.hit_counts.lock().expect("hit counts lock").remove(&old);
+            self.hit_counts.lock().expect("hit counts lock").remove(&(entry.namespace.clone(), old));
         }
         Counters::bump(&self.totals.stores);
         Counters::bump(&ns.counters.stores);
@@ -513,9 +514,29 @@ impl Cache {
         let mut counts = self.hit_counts.lock().expect("hit counts lock");
         for entry in &entries {
             self.index.remove(&entry.namespace, &keys::scope_id(&entry.scope), entry.id);
-            counts.remove(&entry.id);
+            counts.remove(&(entry.namespace.clone(), entry.id));
         }
         Ok(entries.len() as u64)
+    }
+
+    /// Writes the hit counts gathered in memory into their entries (one durable batch). Called
+    /// at graceful shutdown, after the last request; counts since the last flush are lost in a
+    /// crash, which costs accuracy of a statistic, never an entry.
+    pub fn flush_hit_counts(&self) -> Result<usize, CacheError> {
+        let counts = std::mem::take(&mut *self.hit_counts.lock().expect("hit counts lock"));
+        let mut batch = self.store.batch();
+        for ((namespace, id), hits) in &counts {
+            // An entry deleted since its last hit stays deleted.
+            if let Some(mut entry) = self.store.get_entry(namespace, *id)? {
+                entry.hit_count += hits;
+                batch.put_entry(&entry);
+            }
+        }
+        let flushed = batch.len();
+        if !batch.is_empty() {
+            self.store.write(batch)?;
+        }
+        Ok(flushed)
     }
 
     pub async fn configure_namespace(self: &Arc<Self>, update: NamespaceUpdate) -> Result<NamespaceView, CacheError> {
