@@ -12,6 +12,9 @@ use std::sync::{Arc, RwLock};
 /// A scope map's identity (see `store::keys::scope_id`).
 pub type ScopeId = [u8; 16];
 
+/// Vectors of one partition, by entry id.
+type Items = Vec<(u64, Vec<f32>)>;
+
 pub struct Index {
     dim: usize,
     params: IndexParams,
@@ -34,7 +37,7 @@ impl Index {
         params: IndexParams,
         rows: impl IntoIterator<Item = (String, ScopeId, u64, Vec<f32>)>,
     ) -> Self {
-        let mut grouped: HashMap<String, HashMap<ScopeId, Vec<(u64, Vec<f32>)>>> = HashMap::new();
+        let mut grouped: HashMap<String, HashMap<ScopeId, Items>> = HashMap::new();
         for (ns, scope, id, v) in rows {
             grouped.entry(ns).or_default().entry(scope).or_default().push((id, v));
         }

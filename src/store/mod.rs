@@ -18,6 +18,9 @@ use prost::Message;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use std::path::{Path, PathBuf};
 
+/// One raw key/value pair as a RocksDB iterator yields it.
+type RawItem = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>;
+
 const CF_ENTRIES: &str = "entries";
 const CF_EXACT: &str = "exact";
 const CF_NAMESPACES: &str = "namespaces";
@@ -188,7 +191,7 @@ impl Store {
         self.db.iterator_cf(self.cf(CF_ENTRIES), IteratorMode::Start).map(|item| self.decode_entry(item))
     }
 
-    fn decode_entry(&self, item: Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>) -> Result<EntryRecord, StoreError> {
+    fn decode_entry(&self, item: RawItem) -> Result<EntryRecord, StoreError> {
         let (k, v) = item.map_err(|e| self.rocks(e))?;
         EntryRecord::decode(v.as_ref()).map_err(|e| self.corrupt(CF_ENTRIES, &k, e))
     }
