@@ -135,7 +135,11 @@ fn serve_batches(model: &SentenceModel, mut rx: mpsc::Receiver<Job>, max_batch: 
             continue;
         }
         let texts: Vec<&str> = jobs.iter().map(|j| j.text.as_str()).collect();
-        match model.embed(&texts) {
+        // A panic inside the model must fail this batch, not kill the thread that every later
+        // request depends on (the server would stay SERVING with no model behind it).
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.embed(&texts)))
+            .unwrap_or_else(|_| Err(EmbedError::Model("the model panicked on this batch".into())));
+        match result {
             Ok(vectors) => {
                 for (job, v) in jobs.into_iter().zip(vectors) {
                     let _ = job.reply.send(Ok(v));
