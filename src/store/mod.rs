@@ -25,6 +25,7 @@ const CF_ENTRIES: &str = "entries";
 const CF_EXACT: &str = "exact";
 const CF_NAMESPACES: &str = "namespaces";
 const CF_META: &str = "meta";
+const COLUMN_FAMILIES: [&str; 4] = [CF_ENTRIES, CF_EXACT, CF_NAMESPACES, CF_META];
 
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_MODEL: &[u8] = b"model_fingerprint";
@@ -65,11 +66,18 @@ impl Store {
         }
         let mut opts = Options::default();
         opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
+        // Only a new data dir gets column families: an existing database without ours is not
+        // a semcache data dir, and must be refused untouched rather than extended.
+        opts.create_missing_column_families(is_new);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let cfs = [CF_ENTRIES, CF_EXACT, CF_NAMESPACES, CF_META]
-            .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let cfs = COLUMN_FAMILIES.into_iter().map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        if !is_new {
+            let existing =
+                DB::list_cf(&opts, path).map_err(|source| StoreError::Rocks { path: path.to_owned(), source })?;
+            if !COLUMN_FAMILIES.iter().all(|cf| existing.iter().any(|e| e == cf)) {
+                return Err(StoreError::Foreign { path: path.to_owned() });
+            }
+        }
         let db = DB::open_cf_descriptors(&opts, path, cfs)
             .map_err(|source| StoreError::Rocks { path: path.to_owned(), source })?;
         let store = Store { db, path: path.to_owned() };
@@ -283,6 +291,20 @@ mod tests {
         let err = Store::open(dir.path()).err().expect("must refuse");
         assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
         assert!(err.to_string().contains(&dir.path().display().to_string()));
+    }
+
+    #[test]
+    fn refuses_another_rocksdb_database_without_touching_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            DB::open(&opts, dir.path()).unwrap().put(b"k", b"v").unwrap();
+        }
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+        let cfs = DB::list_cf(&Options::default(), dir.path()).unwrap();
+        assert_eq!(cfs, vec!["default".to_string()], "no column family was added");
     }
 
     #[test]
