@@ -163,6 +163,11 @@ impl NamespaceState {
     fn settings(&self) -> NamespaceRecord {
         self.settings.read().expect("namespace lock").clone()
     }
+
+    /// One setting without cloning the record (the lookup path reads this every time).
+    fn read<T>(&self, f: impl FnOnce(&NamespaceRecord) -> T) -> T {
+        f(&self.settings.read().expect("namespace lock"))
+    }
 }
 
 struct IdAllocator {
@@ -324,7 +329,7 @@ impl Cache {
     }
 
     async fn find(self: &Arc<Self>, ns: &NamespaceState, req: &LookupRequest) -> Result<LookupOutcome, CacheError> {
-        let threshold = req.similarity_threshold.unwrap_or_else(|| ns.settings().similarity_threshold);
+        let threshold = req.similarity_threshold.unwrap_or_else(|| ns.read(|r| r.similarity_threshold));
         let now = now_unix_ms();
         let exact = keys::exact_key(&req.namespace, &req.scope, &normalize(&req.query));
         if let Some(entry) = self.exact_entry(&exact, &req.scope, now)? {
@@ -384,7 +389,7 @@ impl Cache {
     fn store_blocking(&self, req: StoreRequest, vector: Vec<f32>) -> Result<u64, CacheError> {
         let now = now_unix_ms();
         let ns = self.namespace_or_create(&req.namespace, now)?;
-        let ttl = req.ttl_seconds.unwrap_or_else(|| ns.settings().ttl_seconds);
+        let ttl = req.ttl_seconds.unwrap_or_else(|| ns.read(|r| r.ttl_seconds));
         let expires_at_unix_ms = match ttl {
             0 => 0,
             ttl => now.saturating_add(i64::try_from(ttl.saturating_mul(1000)).unwrap_or(i64::MAX)),
