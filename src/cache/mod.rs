@@ -200,7 +200,8 @@ pub struct Cache {
     stripes: Vec<Mutex<()>>,
     /// Hits since the last flush, per entry id, added to the stored count when an entry is
     /// returned. Kept in memory so a hit costs no RocksDB write; flushed at shutdown.
-    hit_counts: Mutex<HashMap<(String, u64), u64>>,
+    /// Keyed by id (unique across namespaces); the namespace is kept to find the entry.
+    hit_counts: Mutex<HashMap<u64, (String, u64)>>,
     defaults: Defaults,
     limits: Limits,
 }
@@ -299,7 +300,7 @@ impl Cache {
 
     fn record_hit(&self, mut entry: Entry) -> Entry {
         let mut counts = self.hit_counts.lock().expect("hit counts lock");
-        let count = counts.entry((entry.namespace.clone(), entry.id)).or_default();
+        let (_, count) = counts.entry(entry.id).or_insert_with(|| (entry.namespace.clone(), 0));
         *count += 1;
         entry.hit_count += *count;
         entry
@@ -426,7 +427,7 @@ impl Cache {
         self.index.insert(&entry.namespace, &scope, id, &entry.vector);
         if let Some(old) = replaced {
             self.index.remove(&entry.namespace, &scope, old);
-            self.hit_counts.lock().expect("hit counts lock").remove(&(entry.namespace.clone(), old));
+            self.hit_counts.lock().expect("hit counts lock").remove(&old);
         }
         Counters::bump(&self.totals.stores);
         Counters::bump(&ns.counters.stores);
@@ -519,7 +520,7 @@ impl Cache {
         let mut counts = self.hit_counts.lock().expect("hit counts lock");
         for entry in &entries {
             self.index.remove(&entry.namespace, &keys::scope_id(&entry.scope), entry.id);
-            counts.remove(&(entry.namespace.clone(), entry.id));
+            counts.remove(&entry.id);
         }
         Ok(entries.len() as u64)
     }
@@ -530,7 +531,7 @@ impl Cache {
     pub fn flush_hit_counts(&self) -> Result<usize, CacheError> {
         let counts = std::mem::take(&mut *self.hit_counts.lock().expect("hit counts lock"));
         let mut batch = self.store.batch();
-        for ((namespace, id), hits) in &counts {
+        for (id, (namespace, hits)) in &counts {
             // An entry deleted since its last hit stays deleted.
             if let Some(mut entry) = self.store.get_entry(namespace, *id)? {
                 entry.hit_count += hits;
