@@ -58,6 +58,26 @@ pub struct ServeArgs {
     /// Largest response accepted, in bytes.
     #[arg(long, env = "SEMCACHE_MAX_RESPONSE_BYTES", default_value_t = 1024 * 1024)]
     pub max_response_bytes: usize,
+
+    /// Bytes the whole data set may hold (entries as stored: texts, metadata, vector); beyond
+    /// it the least recently used entries of any namespace are evicted. 0 = unbounded.
+    #[arg(long, env = "SEMCACHE_MAX_BYTES", default_value_t = 0)]
+    pub max_bytes: u64,
+
+    /// Seconds between graph checkpoints (changed graphs only; also written at shutdown).
+    /// Shorter means faster restarts after a crash, at the cost of background disk writes.
+    #[arg(long, env = "SEMCACHE_CHECKPOINT_INTERVAL_SECONDS", default_value_t = 300)]
+    pub checkpoint_interval_seconds: u64,
+
+    /// Partitions (namespace + scope) up to this many entries are searched by an exact scan;
+    /// larger ones get an HNSW graph, built in the background and checkpointed.
+    #[arg(long, env = "SEMCACHE_EXACT_SCAN_LIMIT", default_value_t = 4096)]
+    pub exact_scan_limit: usize,
+
+    /// Milliseconds between expiry sweeps and capacity checks. Expired entries are never
+    /// served even before a sweep purges them.
+    #[arg(long, env = "SEMCACHE_SWEEP_INTERVAL_MS", default_value_t = 1000)]
+    pub sweep_interval_ms: u64,
 }
 
 impl ServeArgs {
@@ -73,4 +93,29 @@ impl ServeArgs {
         args.model_dir = model_dir.into();
         args
     }
+}
+
+/// Settings of `semcache reembed`.
+#[derive(Debug, Clone, Args)]
+pub struct ReembedArgs {
+    /// Data dir to re-embed; the server using it must be stopped.
+    #[arg(long, env = "SEMCACHE_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// The model to re-embed with (the one the server will run).
+    #[arg(long, env = "SEMCACHE_MODEL_DIR", default_value = "models/all-MiniLM-L6-v2")]
+    pub model_dir: PathBuf,
+
+    /// Device the sentence model runs on.
+    #[arg(long, env = "SEMCACHE_DEVICE", value_enum, default_value = "cpu")]
+    pub device: DeviceKind,
+
+    /// A namespace to re-embed (repeat for several). Default: every namespace whose vectors
+    /// came from another model.
+    #[arg(long = "namespace")]
+    pub namespaces: Vec<String>,
+
+    /// Queries per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
 }

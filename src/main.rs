@@ -1,6 +1,10 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use semcache::config::ServeArgs;
+use indicatif::{ProgressBar, ProgressStyle};
+use semcache::cache::reembed;
+use semcache::config::{ReembedArgs, ServeArgs};
+use semcache::embed::{check_model_dir, device, ModelInfo, SentenceModel};
+use semcache::store::Store;
 use tracing_subscriber::EnvFilter;
 
 /// A semantic cache for LLM responses, served over gRPC.
@@ -15,6 +19,9 @@ struct Cli {
 enum Command {
     /// Serve the SemanticCache gRPC API (with health and reflection).
     Serve(ServeArgs),
+    /// Re-embed stored queries with the given model, so that namespaces made with another
+    /// model serve again. Run it with the server stopped.
+    Reembed(ReembedArgs),
 }
 
 #[tokio::main]
@@ -30,6 +37,34 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(addr = %listener.local_addr()?, data_dir = %args.data_dir.display(), "listening");
             semcache::server::run(args, listener, shutdown_signal()).await?;
         }
+        Command::Reembed(args) => tokio::task::spawn_blocking(move || run_reembed(args)).await??,
+    }
+    Ok(())
+}
+
+fn run_reembed(args: ReembedArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.data_dir.join("CURRENT").is_file(),
+        "{} is not a semcache data dir (pass the server's --data-dir)",
+        args.data_dir.display()
+    );
+    check_model_dir(&args.model_dir)?;
+    let info = ModelInfo::read(&args.model_dir)?;
+    let model = SentenceModel::load(&args.model_dir, info, device(args.device)?)?;
+    let store = Store::open(&args.data_dir)
+        .with_context(|| format!("cannot open {} (is a server still using it?)", args.data_dir.display()))?;
+    let plan = reembed::plan(&store, &model, &args.namespaces)?;
+    if plan.is_empty() {
+        println!("nothing to re-embed: every namespace was embedded with {}", model.info().fingerprint);
+        return Ok(());
+    }
+    let style = ProgressStyle::with_template("{msg:>20} [{bar:40}] {pos}/{len} queries, {per_sec}, eta {eta}")?
+        .progress_chars("=> ");
+    for (namespace, entries) in plan {
+        let bar = ProgressBar::new(entries).with_style(style.clone()).with_message(namespace.clone());
+        let done = reembed::run(&store, &model, &namespace, args.batch_size, |n| bar.set_position(n))?;
+        bar.finish();
+        println!("{namespace}: {done} entries re-embedded with {}", model.info().fingerprint);
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `semcache serve`: opens the data dir, starts the model thread and the gRPC server, and
 //! flips health to SERVING once the model has loaded and answered a warm-up request.
 
-use crate::cache::{validate, Cache, CacheError, Defaults, Limits};
+use crate::cache::{validate, Cache, CacheError, Defaults, Limits, Maintenance, MaintenanceSettings};
 use crate::config::ServeArgs;
 use crate::embed::{check_model_dir, EmbedError, Embedder, ModelInfo};
 use crate::grpc::{SemanticCacheServer, SemanticCacheService};
@@ -9,6 +9,7 @@ use crate::index::IndexParams;
 use crate::store::Store;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
@@ -35,6 +36,11 @@ fn check_args(args: &ServeArgs) -> Result<(), ServeError> {
     if args.max_batch == 0 || args.max_queue == 0 {
         return Err(ServeError::Config("--max-batch and --max-queue must be at least 1".into()));
     }
+    if args.sweep_interval_ms == 0 || args.checkpoint_interval_seconds == 0 {
+        return Err(ServeError::Config(
+            "--sweep-interval-ms and --checkpoint-interval-seconds must be at least 1".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -56,16 +62,30 @@ pub async fn run(
         Embedder::spawn(&args.model_dir, info, args.device, args.max_queue, args.max_batch, args.warmup_rounds);
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|source| ServeError::DataDir { path: args.data_dir.clone(), source })?;
-    let defaults = Defaults { similarity_threshold: args.default_threshold, ttl_seconds: args.default_ttl_seconds };
+    let defaults = Defaults {
+        similarity_threshold: args.default_threshold,
+        ttl_seconds: args.default_ttl_seconds,
+        max_bytes: args.max_bytes,
+    };
     let limits = Limits { max_query_bytes: args.max_query_bytes, max_response_bytes: args.max_response_bytes };
     let data_dir = args.data_dir.clone();
+    let exact_scan_limit = args.exact_scan_limit;
     let cache = tokio::task::spawn_blocking(move || {
         let store = Store::open(&data_dir).map_err(CacheError::from)?;
-        Cache::open(store, embedder, IndexParams::default(), defaults, limits)
+        let params = IndexParams { flat_limit: exact_scan_limit, ..IndexParams::default() };
+        Cache::open(store, embedder, params, defaults, limits)
     })
     .await
     .expect("cache open task")?;
     let cache = Arc::new(cache);
+    let maintenance = Maintenance::start(
+        cache.clone(),
+        MaintenanceSettings {
+            tick: Duration::from_millis(args.sweep_interval_ms),
+            checkpoint_every: Duration::from_secs(args.checkpoint_interval_seconds),
+            ..MaintenanceSettings::default()
+        },
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<SemanticCacheServer<SemanticCacheService>>().await;
@@ -109,11 +129,9 @@ pub async fn run(
         .add_service(SemanticCacheService::new(cache.clone()).into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         .await?;
-    // Every request has finished: persist what was only counted in memory.
-    match tokio::task::spawn_blocking(move || cache.flush_hit_counts()).await.expect("flush task") {
-        Ok(n) => tracing::info!(entries = n, "hit counts flushed"),
-        Err(e) => tracing::error!(error = %e, "could not flush hit counts"),
-    }
+    // Every request has finished: flush hit counts and recency, checkpoint changed graphs.
+    tokio::task::spawn_blocking(move || maintenance.stop()).await.expect("maintenance stop task");
+    drop(cache);
     let failed = failure.lock().expect("failure lock").take();
     match failed {
         Some(e) => Err(e.into()),

@@ -2,21 +2,26 @@
 //! settings, scopes, thresholds and expiry live here; the model, the index and RocksDB are
 //! reached only through this module.
 
+mod ledger;
+mod maintenance;
 mod normalize;
+pub mod reembed;
 pub mod validate;
 
 pub use crate::store::EntryRecord as Entry;
+pub use maintenance::{Maintenance, MaintenanceSettings};
 pub use normalize::normalize;
 pub use validate::Limits;
 
 use crate::embed::{EmbedError, Embedder};
-use crate::index::{Candidate, Index, IndexParams};
+use crate::index::{Candidate, Index, IndexParams, Items, RestoreReport, ScopeId};
 use crate::store::{keys, NamespaceRecord, Store, StoreError};
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use ledger::{Ledger, Meta, Victim};
+use prost::Message;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Similarity threshold of a namespace created without one: the highest threshold that still
 /// keeps recall >= 60% of true paraphrases on a 3,000-pair sample of MeanCache's Quora
@@ -34,6 +39,13 @@ const ID_BLOCK: u64 = 1024;
 /// Store/Delete of the same exact key are serialised by one of these locks.
 const STRIPES: usize = 64;
 
+/// Entries removed per synced batch by Delete, the sweeper and eviction: bounded so that a
+/// big purge never holds locks or builds a batch for long.
+const DELETE_CHUNK: usize = 512;
+
+/// Bytes an entry costs beyond its record: catalog row, exact key and RocksDB keys.
+const ENTRY_OVERHEAD_BYTES: u64 = 128;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("{field} {reason}")]
@@ -43,21 +55,26 @@ pub enum CacheError {
     #[error("no entry with id {id} in namespace {namespace:?}")]
     EntryNotFound { namespace: String, id: u64 },
     #[error(
-        "data dir {dir} was embedded with model {stored}, but the loaded model is {current}; \
-         start with the model it was made with, or use a new data dir"
+        "namespace {namespace:?} was embedded with model {stored}, but this server runs {current}; \
+         run `semcache reembed --namespace {namespace}` (server stopped) to re-embed it with this \
+         model, start with the model it was made with, or drop the namespace"
     )]
-    ModelMismatch { dir: PathBuf, stored: String, current: String },
+    ModelMismatch { namespace: String, stored: String, current: String },
     #[error(transparent)]
     Embed(#[from] EmbedError),
     #[error(transparent)]
     Storage(#[from] StoreError),
 }
 
-/// Settings given to namespaces that are created implicitly or without a value.
+/// Settings given to namespaces that are created implicitly or without a value, and the
+/// global capacity.
 #[derive(Debug, Clone, Copy)]
 pub struct Defaults {
     pub similarity_threshold: f32,
     pub ttl_seconds: u64,
+    /// Bytes the whole data set may hold (0 = unbounded); beyond, the least recently used
+    /// entries of any namespace are evicted.
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -76,6 +93,8 @@ pub struct LookupOutcome {
     pub nearest_id: Option<u64>,
     /// Whether the answer came from the exact-repeat path without running the model.
     pub exact: bool,
+    /// Hits of the returned entry, this one included.
+    pub hit_count: u64,
 }
 
 impl LookupOutcome {
@@ -130,6 +149,8 @@ pub struct Stats {
     pub misses: u64,
     pub stores: u64,
     pub entries: u64,
+    pub evictions: u64,
+    pub expirations: u64,
 }
 
 #[derive(Default)]
@@ -138,6 +159,8 @@ struct Counters {
     hits: AtomicU64,
     misses: AtomicU64,
     stores: AtomicU64,
+    evictions: AtomicU64,
+    expirations: AtomicU64,
 }
 
 impl Counters {
@@ -153,11 +176,14 @@ impl Counters {
 struct NamespaceState {
     settings: RwLock<NamespaceRecord>,
     counters: Counters,
+    /// Set when its vectors came from another model than the one loaded: its partitions
+    /// are not loaded and Lookup/Store are refused until `semcache reembed`.
+    stale_model: Option<String>,
 }
 
 impl NamespaceState {
     fn new(settings: NamespaceRecord) -> Arc<Self> {
-        Arc::new(Self { settings: RwLock::new(settings), counters: Counters::default() })
+        Arc::new(Self { settings: RwLock::new(settings), counters: Counters::default(), stale_model: None })
     }
 
     fn settings(&self) -> NamespaceRecord {
@@ -192,18 +218,21 @@ pub struct Cache {
     store: Store,
     index: Index,
     embedder: Embedder,
+    ledger: Ledger,
     namespaces: RwLock<HashMap<String, Arc<NamespaceState>>>,
     /// Serialises namespace creation and reconfiguration (each is one synced write).
     configure: Mutex<()>,
     totals: Counters,
     ids: IdAllocator,
+    /// Taken by exact key. Lock order: stripes (ascending) before `configure`.
     stripes: Vec<Mutex<()>>,
-    /// Hits since the last flush, per entry id, added to the stored count when an entry is
-    /// returned. Kept in memory so a hit costs no RocksDB write; flushed at shutdown.
-    /// Keyed by id (unique across namespaces); the namespace is kept to find the entry.
-    hit_counts: Mutex<HashMap<u64, (String, u64)>>,
+    /// Readers: anything that deletes entries; writer: the catalog flush. A flush therefore
+    /// never re-creates the catalog row of an entry deleted while it was being written.
+    deleting: RwLock<()>,
     defaults: Defaults,
     limits: Limits,
+    /// How the index came back at start.
+    pub restore_report: RestoreReport,
 }
 
 pub fn now_unix_ms() -> i64 {
@@ -211,8 +240,8 @@ pub fn now_unix_ms() -> i64 {
 }
 
 impl Cache {
-    /// Opens the cache over a store: checks the model, loads the namespaces and rebuilds the
-    /// index from every live entry. Blocking; run it off the async threads.
+    /// Opens the cache over a store: loads the namespaces and the catalog, and restores the
+    /// index from graph checkpoints plus RocksDB. Blocking; run it off the async threads.
     pub fn open(
         store: Store,
         embedder: Embedder,
@@ -220,43 +249,65 @@ impl Cache {
         defaults: Defaults,
         limits: Limits,
     ) -> Result<Self, CacheError> {
-        let current = embedder.info().fingerprint.clone();
-        match store.model_fingerprint()? {
-            None => store.set_model_fingerprint(&current)?,
-            Some(stored) if embedder.info().matches(&stored) => {}
-            Some(stored) => return Err(CacheError::ModelMismatch { dir: store.path().to_owned(), stored, current }),
+        let started = Instant::now();
+        let info = embedder.info().clone();
+        let now = now_unix_ms();
+        let mut namespaces: HashMap<String, Arc<NamespaceState>> = HashMap::new();
+        for record in store.namespaces()? {
+            let stale = (!info.matches(&record.embedding_model)).then(|| record.embedding_model.clone());
+            if let Some(stored) = &stale {
+                tracing::warn!(
+                    namespace = %record.name, stored = %stored, current = %info.fingerprint,
+                    "namespace was embedded with another model; its lookups are refused until `semcache reembed`"
+                );
+            }
+            let mut state = NamespaceState::new(record.clone());
+            Arc::get_mut(&mut state).expect("new").stale_model = stale;
+            namespaces.insert(record.name, state);
         }
 
-        let now = now_unix_ms();
-        let mut namespaces: HashMap<String, Arc<NamespaceState>> =
-            store.namespaces()?.into_iter().map(|ns| (ns.name.clone(), NamespaceState::new(ns))).collect();
-        let mut max_id = 0;
+        let ledger = Ledger::default();
         let mut rows = Vec::new();
-        let started = std::time::Instant::now();
-        for entry in store.scan_all() {
-            let entry = entry?;
-            max_id = max_id.max(entry.id);
-            if !namespaces.contains_key(&entry.namespace) {
-                // Entries are only written after their namespace, so this is a data dir that
-                // lost its namespace record; serve the entries under default settings.
-                let record = default_record(&entry.namespace, defaults, &current, now);
+        let mut partitions: HashMap<(Arc<str>, ScopeId), HashSet<u64>> = HashMap::new();
+        let mut names: HashMap<String, Arc<str>> = HashMap::new();
+        let mut max_id = 0;
+        for row in store.scan_catalog() {
+            let (namespace, id, record) = row?;
+            max_id = max_id.max(id);
+            if !namespaces.contains_key(&namespace) {
+                // Entries are written after their namespace, so this data dir lost its
+                // namespace record; serve the entries under default settings.
+                let record = default_record(&namespace, defaults, &info.fingerprint, now);
                 let mut batch = store.batch();
                 batch.put_namespace(&record);
                 store.write(batch)?;
-                namespaces.insert(entry.namespace.clone(), NamespaceState::new(record));
+                namespaces.insert(namespace.clone(), NamespaceState::new(record));
             }
-            if entry.is_live(now) {
-                let scope = keys::scope_id(&entry.scope);
-                rows.push((entry.namespace, scope, entry.id, entry.vector));
+            let name = names.entry(namespace).or_insert_with_key(|n| n.as_str().into()).clone();
+            let meta = Meta::from_record(name.clone(), &record);
+            if namespaces[&*name].stale_model.is_none() {
+                partitions.entry((name, meta.scope)).or_default().insert(id);
             }
+            rows.push((id, meta));
         }
-        let live = rows.len();
-        let index = Index::build(embedder.info().dim, params, rows);
+        let catalog_rows = rows.len();
+        ledger.load(rows);
+        let ledger_bytes = ledger.total_bytes();
+
+        let index = Index::new(info.dim, params, Some(store.graphs_dir()), info.fingerprint.clone());
+        let partitions: Vec<_> = partitions.into_iter().map(|((ns, scope), ids)| (ns, scope, ids)).collect();
+        let dim = info.dim;
+        let restore_report = index.restore(partitions, |namespace, ids| fetch_vectors(&store, namespace, ids, dim))?;
         tracing::info!(
-            entries = live,
+            entries = catalog_rows,
+            bytes = ledger_bytes,
             namespaces = namespaces.len(),
+            partitions = restore_report.partitions,
+            from_checkpoint = restore_report.from_checkpoint,
+            caught_up = restore_report.caught_up,
+            rebuilt = restore_report.rebuilt,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "index rebuilt from the store"
+            "index restored"
         );
 
         let first = store.id_high_water()?.max(max_id + 1).max(1);
@@ -265,13 +316,15 @@ impl Cache {
             store,
             index,
             embedder,
+            ledger,
             namespaces: RwLock::new(namespaces),
             configure: Mutex::new(()),
             totals: Counters::default(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-            hit_counts: Mutex::default(),
+            deleting: RwLock::new(()),
             defaults,
             limits,
+            restore_report,
         })
     }
 
@@ -283,8 +336,29 @@ impl Cache {
         self.namespaces.read().expect("namespaces lock").get(name).cloned()
     }
 
+    /// A namespace that Lookup and Store may use: refused when made with another model.
+    fn usable(&self, ns: &NamespaceState, name: &str) -> Result<(), CacheError> {
+        match &ns.stale_model {
+            None => Ok(()),
+            Some(stored) => Err(CacheError::ModelMismatch {
+                namespace: name.to_owned(),
+                stored: stored.clone(),
+                current: self.embedder.info().fingerprint.clone(),
+            }),
+        }
+    }
+
     fn stripe(&self, exact: &[u8; 32]) -> usize {
         exact[0] as usize % STRIPES
+    }
+
+    /// Locks the stripes of these exact keys, always in ascending order so that two
+    /// multi-key operations cannot deadlock.
+    fn lock_stripes<'a>(&self, keys: impl IntoIterator<Item = &'a [u8; 32]>) -> Vec<MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = keys.into_iter().map(|k| self.stripe(k)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes.iter().map(|&s| self.stripes[s].lock().expect("stripe lock")).collect()
     }
 
     /// Finds a live entry through the exact-repeat key.
@@ -298,14 +372,6 @@ impl Cache {
         Ok(self.store.get_entry(&ns, id)?.filter(|e| e.is_live(now) && &e.scope == scope))
     }
 
-    fn record_hit(&self, mut entry: Entry) -> Entry {
-        let mut counts = self.hit_counts.lock().expect("hit counts lock");
-        let (_, count) = counts.entry(entry.id).or_insert_with(|| (entry.namespace.clone(), 0));
-        *count += 1;
-        entry.hit_count += *count;
-        entry
-    }
-
     pub async fn lookup(self: &Arc<Self>, req: LookupRequest) -> Result<LookupOutcome, CacheError> {
         validate::namespace(&req.namespace)?;
         validate::text("query", &req.query, self.limits.max_query_bytes)?;
@@ -313,8 +379,11 @@ impl Cache {
         if let Some(t) = req.similarity_threshold {
             validate::threshold("similarity_threshold", t)?;
         }
-        Counters::bump(&self.totals.lookups);
         let ns = self.namespace(&req.namespace);
+        if let Some(ns) = &ns {
+            self.usable(ns, &req.namespace)?;
+        }
+        Counters::bump(&self.totals.lookups);
         if let Some(ns) = &ns {
             Counters::bump(&ns.counters.lookups);
         }
@@ -329,17 +398,22 @@ impl Cache {
         Ok(outcome)
     }
 
+    /// A hit: counted and made most recently used in memory only (flushed lazily). An entry
+    /// removed between the read and now is not served.
+    fn hit(&self, entry: Entry, similarity: f32, exact: bool, now: i64) -> LookupOutcome {
+        let nearest_id = Some(entry.id);
+        match self.ledger.touch(entry.id, now) {
+            Some(hit_count) => LookupOutcome { entry: Some(entry), similarity, nearest_id, exact, hit_count },
+            None => LookupOutcome { similarity, nearest_id, ..Default::default() },
+        }
+    }
+
     async fn find(self: &Arc<Self>, ns: &NamespaceState, req: &LookupRequest) -> Result<LookupOutcome, CacheError> {
         let threshold = req.similarity_threshold.unwrap_or_else(|| ns.read(|r| r.similarity_threshold));
         let now = now_unix_ms();
         let exact = keys::exact_key(&req.namespace, &req.scope, &normalize(&req.query));
         if let Some(entry) = self.exact_entry(&exact, &req.scope, now)? {
-            return Ok(LookupOutcome {
-                similarity: 1.0,
-                nearest_id: Some(entry.id),
-                entry: Some(self.record_hit(entry)),
-                exact: true,
-            });
+            return Ok(self.hit(entry, 1.0, true, now));
         }
         // An empty partition is a miss without spending a forward pass.
         let Some(partition) = self.index.partition(&req.namespace, &keys::scope_id(&req.scope)) else {
@@ -358,13 +432,15 @@ impl Cache {
         };
         for c in candidates {
             let Some(entry) = self.store.get_entry(&req.namespace, c.id)? else { continue };
+            // Expired but not yet swept: never served.
             if !entry.is_live(now) || entry.scope != req.scope {
                 continue;
             }
             let similarity = c.similarity.clamp(-1.0, 1.0);
-            let nearest_id = Some(entry.id);
-            let entry = (similarity >= threshold).then(|| self.record_hit(entry));
-            return Ok(LookupOutcome { entry, similarity, nearest_id, exact: false });
+            if similarity >= threshold {
+                return Ok(self.hit(entry, similarity, false, now));
+            }
+            return Ok(LookupOutcome { similarity, nearest_id: Some(entry.id), ..Default::default() });
         }
         Ok(LookupOutcome::default())
     }
@@ -381,6 +457,9 @@ impl Cache {
                 field: "usage.cost_usd",
                 reason: format!("is {}; it must be a finite number >= 0", req.usage.cost_usd),
             });
+        }
+        if let Some(ns) = self.namespace(&req.namespace) {
+            self.usable(&ns, &req.namespace)?;
         }
         let vector = self.embedder.embed(&req.query).await?;
         let this = self.clone();
@@ -407,31 +486,105 @@ impl Cache {
             metadata: req.metadata,
             created_at_unix_ms: now,
             expires_at_unix_ms,
-            hit_count: 0,
             vector,
             input_tokens: req.usage.input_tokens,
             output_tokens: req.usage.output_tokens,
             cost_usd: req.usage.cost_usd,
         };
+        let size_bytes = entry.encoded_len() as u64 + ENTRY_OVERHEAD_BYTES;
+        let meta = Meta {
+            namespace: entry.namespace.as_str().into(),
+            scope,
+            created_at_unix_ms: now,
+            expires_at_unix_ms,
+            last_used_unix_ms: now,
+            hit_count: 0,
+            size_bytes,
+        };
 
-        let _guard = self.stripes[self.stripe(&exact)].lock().expect("stripe lock");
+        // Capacity is made room for in the same batch as the new entry, so that no reader
+        // ever sees the namespace over its limit and no crash leaves it there.
+        let replaced_hint = self.store.get_exact(&exact)?.map(|(_, old)| old);
+        let max_entries = ns.read(|r| r.max_entries);
+        let mut victims = self.ledger.over_entries(&entry.namespace, max_entries, 1, replaced_hint);
+        let freed = replaced_hint.and_then(|id| self.ledger.get_size(id)).unwrap_or(0);
+        for v in self.ledger.over_bytes(self.defaults.max_bytes, size_bytes.saturating_sub(freed), replaced_hint) {
+            if !victims.contains(&v) {
+                victims.push(v);
+            }
+        }
+        let victims = self.victim_entries(victims)?;
+        let victim_keys: Vec<[u8; 32]> = victims.iter().map(exact_key_of).collect();
+
+        let _deleting = self.deleting.read().expect("deleting lock");
+        let _stripes = self.lock_stripes(victim_keys.iter().chain([&exact]));
+        // A Drop of this namespace may have run since it was looked up (Drop holds every
+        // stripe); if so this Store creates it afresh.
+        let ns = match self.namespace(&entry.namespace) {
+            Some(current) if Arc::ptr_eq(&current, &ns) => ns,
+            _ => self.namespace_or_create(&entry.namespace, now)?,
+        };
         // The same question in the same scope replaces the older answer, in the same batch.
         let replaced = self.store.get_exact(&exact)?.map(|(_, old)| old);
         let mut batch = self.store.batch();
-        batch.put_entry(&entry);
+        batch.put_entry(&entry, &meta.to_record());
         batch.put_exact(&exact, &entry.namespace, id);
         if let Some(old) = replaced {
             batch.delete_entry(&entry.namespace, old);
         }
+        let mut evicted = Vec::new();
+        for (victim, key) in victims.iter().zip(&victim_keys) {
+            if Some(victim.id) == replaced || !self.ledger.contains(victim.id) {
+                continue;
+            }
+            batch.delete_entry(&victim.namespace, victim.id);
+            if self.store.get_exact(key)?.is_some_and(|(_, id)| id == victim.id) && key != &exact {
+                batch.delete_exact(key);
+            }
+            evicted.push(victim);
+        }
         self.store.write(batch)?;
+
         self.index.insert(&entry.namespace, &scope, id, &entry.vector);
+        self.ledger.insert(id, meta);
         if let Some(old) = replaced {
             self.index.remove(&entry.namespace, &scope, old);
-            self.hit_counts.lock().expect("hit counts lock").remove(&old);
+            self.ledger.remove(old);
+        }
+        for victim in &evicted {
+            self.forget(victim);
+            self.count(&victim.namespace, |c| &c.evictions);
         }
         Counters::bump(&self.totals.stores);
         Counters::bump(&ns.counters.stores);
         Ok(id)
+    }
+
+    /// Bumps a counter of the totals and of the namespace.
+    fn count(&self, namespace: &str, counter: impl Fn(&Counters) -> &AtomicU64) {
+        Counters::bump(counter(&self.totals));
+        if let Some(ns) = self.namespace(namespace) {
+            Counters::bump(counter(&ns.counters));
+        }
+    }
+
+    /// Drops a deleted entry from the index and the ledger.
+    fn forget(&self, entry: &Entry) {
+        self.index.remove(&entry.namespace, &keys::scope_id(&entry.scope), entry.id);
+        self.ledger.remove(entry.id);
+    }
+
+    /// The stored entries of victims, skipping those already gone.
+    fn victim_entries(&self, victims: Vec<Victim>) -> Result<Vec<Entry>, CacheError> {
+        let mut by_namespace: BTreeMap<Arc<str>, Vec<u64>> = BTreeMap::new();
+        for v in victims {
+            by_namespace.entry(v.namespace).or_default().push(v.id);
+        }
+        let mut entries = Vec::new();
+        for (namespace, ids) in by_namespace {
+            entries.extend(self.store.get_entries(&namespace, &ids)?.into_iter().flatten());
+        }
+        Ok(entries)
     }
 
     fn namespace_or_create(&self, name: &str, now: i64) -> Result<Arc<NamespaceState>, CacheError> {
@@ -473,27 +626,27 @@ impl Cache {
                 Some(entry) => this.delete_entries(vec![entry]),
                 None => Err(CacheError::EntryNotFound { namespace, id }),
             },
-            (DeleteTarget::Scope(scope), _) => this.delete_matching(&namespace, |e| e.scope == scope),
-            _ => this.delete_matching(&namespace, |_| true),
+            (DeleteTarget::Scope(scope), _) => {
+                let ids = this.ledger.ids(&namespace, Some(&keys::scope_id(&scope)));
+                this.delete_ids(&namespace, &ids, |e| e.scope == scope)
+            }
+            _ => {
+                let ids = this.ledger.ids(&namespace, None);
+                this.delete_ids(&namespace, &ids, |_| true)
+            }
         })
         .await
         .expect("delete task panicked")
     }
 
-    fn delete_matching(&self, namespace: &str, matches: impl Fn(&Entry) -> bool) -> Result<u64, CacheError> {
-        const CHUNK: usize = 1024;
+    /// Deletes the entries of `ids` that `matches` accepts, in bounded batches.
+    fn delete_ids(&self, namespace: &str, ids: &[u64], matches: impl Fn(&Entry) -> bool) -> Result<u64, CacheError> {
         let mut deleted = 0;
-        let mut chunk = Vec::with_capacity(CHUNK);
-        for entry in self.store.scan_namespace(namespace) {
-            let entry = entry?;
-            if matches(&entry) {
-                chunk.push(entry);
-            }
-            if chunk.len() == CHUNK {
-                deleted += self.delete_entries(std::mem::take(&mut chunk))?;
-            }
+        for chunk in ids.chunks(DELETE_CHUNK) {
+            let entries = self.store.get_entries(namespace, chunk)?.into_iter().flatten().filter(&matches).collect();
+            deleted += self.delete_entries(entries)?;
         }
-        Ok(deleted + self.delete_entries(chunk)?)
+        Ok(deleted)
     }
 
     /// Deletes entries in one durable batch, with their exact keys where those still point
@@ -502,47 +655,164 @@ impl Cache {
         if entries.is_empty() {
             return Ok(0);
         }
-        let exact: Vec<[u8; 32]> =
-            entries.iter().map(|e| keys::exact_key(&e.namespace, &e.scope, &normalize(&e.query))).collect();
-        let mut stripes: Vec<usize> = exact.iter().map(|k| self.stripe(k)).collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        // Always taken in ascending order, so two deletes cannot deadlock; a Store takes one.
-        let _guards: Vec<_> = stripes.iter().map(|&s| self.stripes[s].lock().expect("stripe lock")).collect();
+        let keys: Vec<[u8; 32]> = entries.iter().map(exact_key_of).collect();
+        let _deleting = self.deleting.read().expect("deleting lock");
+        let _stripes = self.lock_stripes(&keys);
+        Ok(self.delete_locked(&entries, &keys)?.len() as u64)
+    }
+
+    /// `delete_entries` with the stripes of `keys` held by the caller (and `deleting` read).
+    /// Returns the positions of the entries it removed.
+    fn delete_locked(&self, entries: &[Entry], keys: &[[u8; 32]]) -> Result<Vec<usize>, CacheError> {
         let mut batch = self.store.batch();
-        for (entry, key) in entries.iter().zip(&exact) {
+        let mut gone = Vec::new();
+        for (i, (entry, key)) in entries.iter().zip(keys).enumerate() {
+            // Another delete (or a replacing Store) may have got there first.
+            if !self.ledger.contains(entry.id) {
+                continue;
+            }
             batch.delete_entry(&entry.namespace, entry.id);
             if self.store.get_exact(key)?.is_some_and(|(_, id)| id == entry.id) {
                 batch.delete_exact(key);
             }
+            gone.push(i);
+        }
+        if gone.is_empty() {
+            return Ok(gone);
         }
         self.store.write(batch)?;
-        let mut counts = self.hit_counts.lock().expect("hit counts lock");
-        for entry in &entries {
-            self.index.remove(&entry.namespace, &keys::scope_id(&entry.scope), entry.id);
-            counts.remove(&entry.id);
+        for &i in &gone {
+            self.forget(&entries[i]);
         }
-        Ok(entries.len() as u64)
+        Ok(gone)
     }
 
-    /// Writes the hit counts gathered in memory into their entries (one durable batch). Called
-    /// at graceful shutdown, after the last request; counts since the last flush are lost in a
-    /// crash, which costs accuracy of a statistic, never an entry.
-    pub fn flush_hit_counts(&self) -> Result<usize, CacheError> {
-        let counts = std::mem::take(&mut *self.hit_counts.lock().expect("hit counts lock"));
+    /// Removes a namespace: its entries, its settings, its partitions and checkpoints.
+    /// Returns how many entries went with it.
+    pub async fn drop_namespace(self: &Arc<Self>, name: String) -> Result<u64, CacheError> {
+        validate::namespace(&name)?;
+        if self.namespace(&name).is_none() {
+            return Err(CacheError::NamespaceNotFound(name));
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.drop_blocking(&name)).await.expect("drop task panicked")
+    }
+
+    fn drop_blocking(&self, name: &str) -> Result<u64, CacheError> {
+        let _deleting = self.deleting.read().expect("deleting lock");
+        // Every stripe, so that no Store of this namespace commits half-way through.
+        let _stripes: Vec<_> = self.stripes.iter().map(|s| s.lock().expect("stripe lock")).collect();
+        let _configure = self.configure.lock().expect("configure lock");
+        let ids = self.ledger.ids(name, None);
+        let mut deleted = 0;
+        for chunk in ids.chunks(DELETE_CHUNK) {
+            let entries: Vec<Entry> = self.store.get_entries(name, chunk)?.into_iter().flatten().collect();
+            let keys: Vec<[u8; 32]> = entries.iter().map(exact_key_of).collect();
+            deleted += self.delete_locked(&entries, &keys)?.len() as u64;
+        }
         let mut batch = self.store.batch();
-        for (id, (namespace, hits)) in &counts {
-            // An entry deleted since its last hit stays deleted.
-            if let Some(mut entry) = self.store.get_entry(namespace, *id)? {
-                entry.hit_count += hits;
-                batch.put_entry(&entry);
+        batch.delete_namespace(name);
+        self.store.write(batch)?;
+        self.namespaces.write().expect("namespaces lock").remove(name);
+        self.index.drop_namespace(name);
+        tracing::info!(namespace = name, entries = deleted, "namespace dropped");
+        Ok(deleted)
+    }
+
+    /// Purges up to `limit` expired entries in bounded batches; returns how many went.
+    pub fn sweep_expired(&self, now: i64, limit: usize) -> Result<u64, CacheError> {
+        let mut purged = 0;
+        let mut seen = 0;
+        while seen < limit {
+            let victims = self.ledger.expired(now, DELETE_CHUNK.min(limit - seen));
+            if victims.is_empty() {
+                break;
+            }
+            seen += victims.len();
+            for namespace in self.remove_victims(victims)? {
+                self.count(&namespace, |c| &c.expirations);
+                purged += 1;
             }
         }
-        let flushed = batch.len();
-        if !batch.is_empty() {
-            self.store.write(batch)?;
+        Ok(purged)
+    }
+
+    /// Evicts least recently used entries until every namespace is within `max_entries` and
+    /// the data set within `--max-bytes` (after a limit was lowered, or at start).
+    pub fn enforce_capacity(&self) -> Result<u64, CacheError> {
+        let limits: Vec<(String, u64)> = {
+            let map = self.namespaces.read().expect("namespaces lock");
+            map.iter().map(|(n, ns)| (n.clone(), ns.read(|r| r.max_entries))).collect()
+        };
+        let mut evicted = 0;
+        for (name, max) in &limits {
+            evicted += self.evict_while(|| self.ledger.over_entries(name, *max, 0, None))?;
         }
-        Ok(flushed)
+        evicted += self.evict_while(|| self.ledger.over_bytes(self.defaults.max_bytes, 0, None))?;
+        Ok(evicted)
+    }
+
+    /// Evicts, a bounded batch at a time, whatever `over` names until it names nothing.
+    fn evict_while(&self, over: impl Fn() -> Vec<Victim>) -> Result<u64, CacheError> {
+        let mut evicted = 0;
+        loop {
+            let mut victims = over();
+            victims.truncate(DELETE_CHUNK);
+            if victims.is_empty() {
+                return Ok(evicted);
+            }
+            for namespace in self.remove_victims(victims)? {
+                self.count(&namespace, |c| &c.evictions);
+                evicted += 1;
+            }
+        }
+    }
+
+    /// Deletes victims (expired or evicted); returns the namespace of each one removed.
+    fn remove_victims(&self, victims: Vec<Victim>) -> Result<Vec<String>, CacheError> {
+        let entries = self.victim_entries(victims.clone())?;
+        if entries.len() < victims.len() {
+            // A ledger row whose entry is gone (deleted meanwhile) must not be picked again.
+            let found: HashSet<u64> = entries.iter().map(|e| e.id).collect();
+            for v in victims.iter().filter(|v| !found.contains(&v.id)) {
+                self.ledger.remove(v.id);
+            }
+        }
+        let keys: Vec<[u8; 32]> = entries.iter().map(exact_key_of).collect();
+        let _deleting = self.deleting.read().expect("deleting lock");
+        let _stripes = self.lock_stripes(&keys);
+        let gone = self.delete_locked(&entries, &keys)?;
+        Ok(gone.into_iter().map(|i| entries[i].namespace.clone()).collect())
+    }
+
+    /// Writes hit counts and recency changed since the last flush into the catalog (one
+    /// durable batch). Called periodically and at shutdown; a crash loses at most the
+    /// changes since the last flush, which costs statistics and recency, never an entry.
+    pub fn flush_catalog(&self) -> Result<usize, CacheError> {
+        let _exclusive = self.deleting.write().expect("deleting lock");
+        let dirty = self.ledger.take_dirty();
+        if dirty.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = self.store.batch();
+        for (id, meta) in &dirty {
+            batch.put_catalog(&meta.namespace, *id, &meta.to_record());
+        }
+        if let Err(e) = self.store.write(batch) {
+            self.ledger.mark_dirty(dirty.iter().map(|(id, _)| *id));
+            return Err(e.into());
+        }
+        Ok(dirty.len())
+    }
+
+    /// Rebuilds partitions that outgrew their structure; see `Index::rebuild_where_needed`.
+    pub fn rebuild_partitions(&self) -> usize {
+        self.index.rebuild_where_needed()
+    }
+
+    /// Checkpoints the graphs that changed; see `Index::checkpoint`.
+    pub fn checkpoint(&self) -> usize {
+        self.index.checkpoint()
     }
 
     pub async fn configure_namespace(self: &Arc<Self>, update: NamespaceUpdate) -> Result<NamespaceView, CacheError> {
@@ -553,19 +823,25 @@ impl Cache {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let ns = this.namespace_or_create(&update.name, now_unix_ms())?;
-            let _guard = this.configure.lock().expect("configure lock");
-            let mut record = ns.settings();
-            if let Some(t) = update.similarity_threshold {
-                record.similarity_threshold = t;
+            {
+                let _guard = this.configure.lock().expect("configure lock");
+                let mut record = ns.settings();
+                if let Some(t) = update.similarity_threshold {
+                    record.similarity_threshold = t;
+                }
+                if let Some(ttl) = update.ttl_seconds {
+                    record.ttl_seconds = ttl;
+                }
+                if let Some(max) = update.max_entries {
+                    record.max_entries = max;
+                }
+                this.persist_namespace(&record)?;
+                *ns.settings.write().expect("namespace lock") = record;
             }
-            if let Some(ttl) = update.ttl_seconds {
-                record.ttl_seconds = ttl;
+            // A lowered limit applies at once, not at the next Store.
+            if update.max_entries.is_some_and(|m| m > 0) {
+                this.enforce_capacity()?;
             }
-            if let Some(max) = update.max_entries {
-                record.max_entries = max;
-            }
-            this.persist_namespace(&record)?;
-            *ns.settings.write().expect("namespace lock") = record;
             Ok(this.view(&update.name, &ns))
         })
         .await
@@ -573,7 +849,7 @@ impl Cache {
     }
 
     fn view(&self, name: &str, ns: &NamespaceState) -> NamespaceView {
-        NamespaceView { settings: ns.settings(), entries: self.index.len(name) as u64 }
+        NamespaceView { settings: ns.settings(), entries: self.ledger.namespace_len(name) }
     }
 
     pub fn get_namespace(&self, name: &str) -> Result<NamespaceView, CacheError> {
@@ -589,13 +865,16 @@ impl Cache {
         views
     }
 
-    /// Counters since start; `namespace` empty means all namespaces.
+    /// Counters since start; `namespace` empty means all namespaces. `entries` is what the
+    /// index holds (expired entries count until the sweeper purges them).
     pub fn stats(&self, namespace: &str) -> Result<Stats, CacheError> {
         let read = |c: &Counters, entries: usize| Stats {
             lookups: c.lookups.load(Ordering::Relaxed),
             hits: c.hits.load(Ordering::Relaxed),
             misses: c.misses.load(Ordering::Relaxed),
             stores: c.stores.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
+            expirations: c.expirations.load(Ordering::Relaxed),
             entries: entries as u64,
         };
         if namespace.is_empty() {
@@ -605,6 +884,34 @@ impl Cache {
         let ns = self.namespace(namespace).ok_or_else(|| CacheError::NamespaceNotFound(namespace.to_owned()))?;
         Ok(read(&ns.counters, self.index.len(namespace)))
     }
+
+    /// Entries in RocksDB's catalog as the ledger counts them (for checks against the index).
+    pub fn stored_entries(&self) -> u64 {
+        self.ledger.len()
+    }
+}
+
+fn exact_key_of(entry: &Entry) -> [u8; 32] {
+    keys::exact_key(&entry.namespace, &entry.scope, &normalize(&entry.query))
+}
+
+/// Vectors of some entries of a namespace, for the index; entries gone are skipped.
+fn fetch_vectors(store: &Store, namespace: &str, ids: &[u64], dim: usize) -> Result<Items, CacheError> {
+    let mut items = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(4096) {
+        for entry in store.get_entries(namespace, chunk)?.into_iter().flatten() {
+            if entry.vector.len() != dim {
+                return Err(CacheError::Storage(StoreError::Corrupt {
+                    path: store.path().to_owned(),
+                    cf: "entries",
+                    key: format!("{namespace}/{}", entry.id),
+                    reason: format!("vector has {} dimensions, the model has {dim}", entry.vector.len()),
+                }));
+            }
+            items.push((entry.id, entry.vector));
+        }
+    }
+    Ok(items)
 }
 
 fn default_record(name: &str, defaults: Defaults, model: &str, now: i64) -> NamespaceRecord {

@@ -5,7 +5,7 @@
 
 mod model;
 
-pub use model::{check_model_dir, mean_pool_normalize, ModelInfo, SentenceModel, REQUIRED_FILES};
+pub use model::{check_model_dir, device, mean_pool_normalize, ModelInfo, SentenceModel, REQUIRED_FILES};
 
 use crate::config::DeviceKind;
 use std::path::{Path, PathBuf};

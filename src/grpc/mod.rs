@@ -24,7 +24,7 @@ impl SemanticCacheService {
     }
 }
 
-fn entry_to_pb(e: Entry) -> pb::Entry {
+fn entry_to_pb(e: Entry, hit_count: u64) -> pb::Entry {
     pb::Entry {
         id: e.id.to_string(),
         namespace: e.namespace,
@@ -34,7 +34,7 @@ fn entry_to_pb(e: Entry) -> pb::Entry {
         metadata: e.metadata,
         created_at_unix_ms: e.created_at_unix_ms,
         expires_at_unix_ms: e.expires_at_unix_ms,
-        hit_count: e.hit_count,
+        hit_count,
     }
 }
 
@@ -64,7 +64,7 @@ impl SemanticCache for SemanticCacheService {
             .await?;
         Ok(Response::new(pb::LookupResponse {
             hit: outcome.hit(),
-            entry: outcome.entry.map(entry_to_pb),
+            entry: outcome.entry.map(|e| entry_to_pb(e, outcome.hit_count)),
             similarity: outcome.similarity,
             nearest_id: outcome.nearest_id.map(|id| id.to_string()).unwrap_or_default(),
         }))
@@ -149,7 +149,17 @@ impl SemanticCache for SemanticCacheService {
             misses: s.misses,
             stores: s.stores,
             entries: s.entries,
+            evictions: s.evictions,
+            expirations: s.expirations,
             ..Default::default()
         }))
+    }
+
+    async fn drop_namespace(
+        &self,
+        request: Request<pb::DropNamespaceRequest>,
+    ) -> Result<Response<pb::DropNamespaceResponse>, Status> {
+        let deleted = self.cache.drop_namespace(request.into_inner().name).await?;
+        Ok(Response::new(pb::DropNamespaceResponse { deleted }))
     }
 }

@@ -1,12 +1,16 @@
 //! One namespace+scope partition of the vector index.
 //!
 //! Small partitions are scanned exactly: below a few thousand vectors a scan is as fast as a
-//! graph walk and has perfect recall. Past `flat_limit` the partition becomes an hnsw_rs graph.
-//! hnsw_rs cannot delete, so removed ids are remembered and filtered out at search time.
+//! graph walk and has perfect recall. Past `flat_limit` the partition is rebuilt, in the
+//! background, as an hnsw_rs graph. hnsw_rs cannot delete, so removed ids are remembered and
+//! filtered out at search time, and a graph whose dead share grows is rebuilt without them.
 
+use super::{checkpoint, ScopeId};
 use hnsw_rs::prelude::{DistDot, Hnsw};
 use std::collections::{HashMap, HashSet};
-use std::sync::RwLock;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Tuning of the graphs; see `IndexParams::default` for the reasoning behind each value.
 #[derive(Debug, Clone, Copy)]
@@ -38,10 +42,26 @@ pub struct Candidate {
     pub similarity: f32,
 }
 
+/// The share of dead points past which a graph is rebuilt without them: they still cost
+/// memory and search time (a filtered walk visits them), and hnsw_rs cannot delete.
+const MAX_DEAD_SHARE: f64 = 0.25;
+
 pub struct Partition {
+    namespace: Arc<str>,
+    scope: ScopeId,
     dim: usize,
     params: IndexParams,
     inner: RwLock<Inner>,
+    /// While a background rebuild runs, the changes made meanwhile, replayed onto the new
+    /// structure just before it is swapped in.
+    journal: Mutex<Option<Vec<Change>>>,
+    /// Vectors inserted since the last checkpoint (removals do not change the graph file).
+    changed: AtomicBool,
+}
+
+enum Change {
+    Insert(u64, Vec<f32>),
+    Remove(u64),
 }
 
 enum Inner {
@@ -60,37 +80,78 @@ struct Flat {
 struct Graph {
     hnsw: Hnsw<'static, f32, DistDot>,
     dead: HashSet<u64>,
+    /// Points in the graph, dead ones included.
     inserted: usize,
 }
 
 impl Partition {
-    pub fn new(dim: usize, params: IndexParams) -> Self {
-        Self { dim, params, inner: RwLock::new(Inner::Flat(Flat::default())) }
+    pub fn new(namespace: Arc<str>, scope: ScopeId, dim: usize, params: IndexParams) -> Self {
+        Self::with_inner(namespace, scope, dim, params, Inner::Flat(Flat::default()))
     }
 
-    /// Builds a partition from many vectors at once (start-up), using parallel insertion when
-    /// the partition is large enough to need a graph.
-    pub fn from_vectors(dim: usize, params: IndexParams, items: Vec<(u64, Vec<f32>)>) -> Self {
-        let inner = if items.len() <= params.flat_limit {
-            let mut flat = Flat::default();
-            for (id, v) in &items {
-                flat.push(*id, v);
-            }
-            Inner::Flat(flat)
-        } else {
-            let graph = Graph::new(&params, items.len());
-            let refs: Vec<(&[f32], usize)> = items.iter().map(|(id, v)| (v.as_slice(), *id as usize)).collect();
-            graph.hnsw.parallel_insert_slice(&refs);
-            Inner::Graph(Graph { inserted: items.len(), ..graph })
-        };
-        Self { dim, params, inner: RwLock::new(inner) }
+    fn with_inner(namespace: Arc<str>, scope: ScopeId, dim: usize, params: IndexParams, inner: Inner) -> Self {
+        Self {
+            namespace,
+            scope,
+            dim,
+            params,
+            inner: RwLock::new(inner),
+            journal: Mutex::new(None),
+            changed: AtomicBool::new(false),
+        }
+    }
+
+    /// Builds a partition from many vectors at once, using parallel insertion when the
+    /// partition is large enough to need a graph.
+    pub fn from_vectors(
+        namespace: Arc<str>,
+        scope: ScopeId,
+        dim: usize,
+        params: IndexParams,
+        items: Vec<(u64, Vec<f32>)>,
+    ) -> Self {
+        let graph = items.len() > params.flat_limit;
+        let p = Self::with_inner(namespace, scope, dim, params, Inner::build(&params, items));
+        p.changed.store(graph, Ordering::Relaxed);
+        p
+    }
+
+    /// Wraps a graph reloaded from a checkpoint. Its points that are not in `live` were
+    /// deleted since the checkpoint; returns the live ids it lacks, to be inserted.
+    pub fn from_checkpoint(
+        namespace: Arc<str>,
+        scope: ScopeId,
+        dim: usize,
+        params: IndexParams,
+        hnsw: Hnsw<'static, f32, DistDot>,
+        live: &HashSet<u64>,
+    ) -> (Self, Vec<u64>) {
+        let mut graph = Graph { inserted: hnsw.get_nb_point(), hnsw, dead: HashSet::new() };
+        let present = graph.ids();
+        graph.dead = present.iter().copied().filter(|id| !live.contains(id)).collect();
+        let present: HashSet<u64> = present.into_iter().collect();
+        let missing = live.iter().copied().filter(|id| !present.contains(id)).collect();
+        (Self::with_inner(namespace, scope, dim, params, Inner::Graph(graph)), missing)
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn scope(&self) -> &ScopeId {
+        &self.scope
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().expect("index lock")
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().expect("index lock")
     }
 
     pub fn len(&self) -> usize {
-        match &*self.inner.read().expect("index lock") {
-            Inner::Flat(f) => f.ids.len(),
-            Inner::Graph(g) => g.inserted - g.dead.len(),
-        }
+        self.read().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -100,46 +161,54 @@ impl Partition {
     /// Whether a search walks a graph (worth moving off the async threads) rather than
     /// scanning a few thousand vectors.
     pub fn is_graph(&self) -> bool {
-        matches!(&*self.inner.read().expect("index lock"), Inner::Graph(_))
+        matches!(&*self.read(), Inner::Graph(_))
     }
 
     pub fn insert(&self, id: u64, vector: &[f32]) {
         debug_assert_eq!(vector.len(), self.dim);
-        let mut inner = self.inner.write().expect("index lock");
+        let mut inner = self.write();
+        inner.insert(id, vector);
+        self.changed.store(true, Ordering::Relaxed);
+        if let Some(journal) = self.journal.lock().expect("journal lock").as_mut() {
+            journal.push(Change::Insert(id, vector.to_vec()));
+        }
+    }
+
+    /// Inserts many vectors at once (catch-up after a checkpoint), in parallel for a graph.
+    pub fn insert_many(&self, items: &[(u64, Vec<f32>)]) {
+        if items.is_empty() {
+            return;
+        }
+        let mut inner = self.write();
         match &mut *inner {
-            Inner::Flat(flat) => {
-                flat.push(id, vector);
-                if flat.ids.len() > self.params.flat_limit {
-                    let graph = Graph::new(&self.params, flat.ids.len() * 2);
-                    let refs: Vec<(&[f32], usize)> = flat
-                        .ids
-                        .iter()
-                        .zip(flat.vectors.chunks_exact(self.dim))
-                        .map(|(id, v)| (v, *id as usize))
-                        .collect();
-                    graph.hnsw.parallel_insert_slice(&refs);
-                    let inserted = refs.len();
-                    *inner = Inner::Graph(Graph { inserted, ..graph });
-                }
-            }
             Inner::Graph(graph) => {
-                graph.hnsw.insert_slice((vector, id as usize));
-                graph.inserted += 1;
+                let refs: Vec<(&[f32], usize)> = items.iter().map(|(id, v)| (v.as_slice(), *id as usize)).collect();
+                graph.hnsw.parallel_insert_slice(&refs);
+                graph.inserted += refs.len();
             }
+            flat => items.iter().for_each(|(id, v)| flat.insert(*id, v)),
+        }
+        self.changed.store(true, Ordering::Relaxed);
+        if let Some(journal) = self.journal.lock().expect("journal lock").as_mut() {
+            journal.extend(items.iter().map(|(id, v)| Change::Insert(*id, v.clone())));
         }
     }
 
     /// Removes an id; returns whether it was present.
     pub fn remove(&self, id: u64) -> bool {
-        match &mut *self.inner.write().expect("index lock") {
-            Inner::Flat(flat) => flat.remove(id),
-            Inner::Graph(graph) => graph.dead.insert(id),
+        let mut inner = self.write();
+        let removed = inner.remove(id);
+        if removed {
+            if let Some(journal) = self.journal.lock().expect("journal lock").as_mut() {
+                journal.push(Change::Remove(id));
+            }
         }
+        removed
     }
 
     /// The `k` nearest live vectors to a unit-length query, most similar first.
     pub fn search(&self, query: &[f32], k: usize) -> Vec<Candidate> {
-        match &*self.inner.read().expect("index lock") {
+        match &*self.read() {
             Inner::Flat(flat) => flat.search(self.dim, query, k),
             Inner::Graph(graph) => {
                 let ef = self.params.ef_search.max(k);
@@ -150,6 +219,126 @@ impl Partition {
                     graph.hnsw.search_filter(query, k, ef, Some(&alive))
                 };
                 found.into_iter().map(|n| Candidate { id: n.d_id as u64, similarity: 1.0 - n.distance }).collect()
+            }
+        }
+    }
+
+    /// Whether the structure no longer fits its contents: an exact scan grown past
+    /// `flat_limit`, or a graph with too many dead points.
+    pub fn needs_rebuild(&self) -> bool {
+        match &*self.read() {
+            Inner::Flat(flat) => flat.ids.len() > self.params.flat_limit,
+            Inner::Graph(graph) => graph.dead.len() as f64 > graph.inserted as f64 * MAX_DEAD_SHARE,
+        }
+    }
+
+    /// Rebuilds from the live vectors without blocking searches or inserts for the length of
+    /// the build: the new structure is made aside, then catches up on the changes made
+    /// meanwhile and is swapped in under a short write lock. Call from one thread at a time
+    /// per partition (the maintenance thread).
+    pub fn rebuild(&self) {
+        let live = {
+            let inner = self.read();
+            // Under the read lock no insert is in progress: every change is either in this
+            // snapshot or in the journal.
+            *self.journal.lock().expect("journal lock") = Some(Vec::new());
+            inner.live_vectors(self.dim)
+        };
+        let mut fresh = Inner::build(&self.params, live);
+        let mut inner = self.write();
+        let changes = self.journal.lock().expect("journal lock").take().unwrap_or_default();
+        for change in changes {
+            match change {
+                Change::Insert(id, v) => fresh.insert(id, &v),
+                Change::Remove(id) => {
+                    fresh.remove(id);
+                }
+            }
+        }
+        let graph = matches!(fresh, Inner::Graph(_));
+        *inner = fresh;
+        self.changed.store(graph, Ordering::Relaxed);
+    }
+
+    /// Writes this partition's checkpoint if it is a graph that changed since the last one.
+    /// Returns whether one was written. Inserts wait while the graph is dumped.
+    pub fn checkpoint(&self, graphs: &Path, model: &str) -> std::io::Result<bool> {
+        let inner = self.read();
+        let Inner::Graph(graph) = &*inner else { return Ok(false) };
+        if !self.changed.swap(false, Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let meta = checkpoint::Meta {
+            format: 1,
+            namespace: self.namespace.to_string(),
+            scope: checkpoint::scope_hex(&self.scope),
+            dim: self.dim,
+            model: model.to_owned(),
+            points: graph.inserted,
+            written_unix_ms: crate::cache::now_unix_ms(),
+        };
+        checkpoint::write(graphs, &graph.hnsw, &meta).inspect_err(|_| self.changed.store(true, Ordering::Relaxed))?;
+        Ok(true)
+    }
+}
+
+impl Inner {
+    fn build(params: &IndexParams, items: Vec<(u64, Vec<f32>)>) -> Self {
+        if items.len() <= params.flat_limit {
+            let mut flat = Flat::default();
+            for (id, v) in &items {
+                flat.push(*id, v);
+            }
+            return Inner::Flat(flat);
+        }
+        let mut graph = Graph::new(params, items.len());
+        let refs: Vec<(&[f32], usize)> = items.iter().map(|(id, v)| (v.as_slice(), *id as usize)).collect();
+        graph.hnsw.parallel_insert_slice(&refs);
+        graph.inserted = refs.len();
+        Inner::Graph(graph)
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Inner::Flat(f) => f.ids.len(),
+            Inner::Graph(g) => g.inserted - g.dead.len(),
+        }
+    }
+
+    fn insert(&mut self, id: u64, vector: &[f32]) {
+        match self {
+            Inner::Flat(flat) => flat.push(id, vector),
+            Inner::Graph(graph) => {
+                graph.hnsw.insert_slice((vector, id as usize));
+                graph.inserted += 1;
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> bool {
+        match self {
+            Inner::Flat(flat) => flat.remove(id),
+            // Only ids the graph holds can die; ids are never re-inserted.
+            Inner::Graph(graph) => graph.dead.insert(id),
+        }
+    }
+
+    fn live_vectors(&self, dim: usize) -> Vec<(u64, Vec<f32>)> {
+        match self {
+            Inner::Flat(flat) => {
+                flat.ids.iter().zip(flat.vectors.chunks_exact(dim)).map(|(id, v)| (*id, v.to_vec())).collect()
+            }
+            Inner::Graph(graph) => {
+                if graph.inserted == 0 {
+                    return Vec::new();
+                }
+                let points = graph.hnsw.get_point_indexation();
+                points
+                    .into_iter()
+                    .map(|p| (p.get_origin_id() as u64, p))
+                    .filter(|(id, _)| !graph.dead.contains(id))
+                    .map(|(id, p)| (id, p.get_v().to_vec()))
+                    .collect()
             }
         }
     }
@@ -200,6 +389,15 @@ impl Graph {
         let hnsw = Hnsw::new(params.max_connections, expected.max(1024), 16, params.ef_construction, DistDot {});
         Graph { hnsw, dead: HashSet::new(), inserted: 0 }
     }
+
+    /// Every id in the graph, dead ones included.
+    fn ids(&self) -> Vec<u64> {
+        if self.inserted == 0 {
+            // hnsw_rs's point iterator expects an entry point.
+            return Vec::new();
+        }
+        self.hnsw.get_point_indexation().into_iter().map(|p| p.get_origin_id() as u64).collect()
+    }
 }
 
 /// Dot product in eight independent lanes, so the compiler can vectorise it without
@@ -249,7 +447,7 @@ mod tests {
 
     #[test]
     fn flat_search_ranks_and_removes() {
-        let p = Partition::new(16, IndexParams::default());
+        let p = Partition::new("ns".into(), [0; 16], 16, IndexParams::default());
         let items: Vec<_> = (0..50).map(|i| (i, unit(i, 16))).collect();
         for (id, v) in &items {
             p.insert(*id, v);
@@ -269,12 +467,18 @@ mod tests {
     #[test]
     fn graph_agrees_with_brute_force_and_filters_dead_ids() {
         let params = IndexParams { flat_limit: 64, ..IndexParams::default() };
-        let p = Partition::new(32, params);
+        let p = Partition::new("ns".into(), [0; 16], 32, params);
         let items: Vec<_> = (0..600).map(|i| (i, unit(i + 1000, 32))).collect();
-        for (id, v) in &items {
+        for (id, v) in &items[..300] {
             p.insert(*id, v);
         }
-        assert!(p.is_graph());
+        assert!(!p.is_graph(), "an exact scan until the background rebuild");
+        assert!(p.needs_rebuild());
+        p.rebuild();
+        assert!(p.is_graph() && !p.needs_rebuild());
+        for (id, v) in &items[300..] {
+            p.insert(*id, v);
+        }
         assert_eq!(p.len(), 600);
         let mut agree = 0;
         for q in 0..100 {
@@ -293,11 +497,67 @@ mod tests {
     fn bulk_build_matches_incremental() {
         let params = IndexParams { flat_limit: 64, ..IndexParams::default() };
         let items: Vec<_> = (0..300).map(|i| (i, unit(i, 24))).collect();
-        let p = Partition::from_vectors(24, params, items.clone());
+        let p = Partition::from_vectors("ns".into(), [0; 16], 24, params, items.clone());
         assert!(p.is_graph());
         assert_eq!(p.search(&items[123].1, 1)[0].id, 123);
-        let small = Partition::from_vectors(24, params, items[..10].to_vec());
+        let small = Partition::from_vectors("ns".into(), [0; 16], 24, params, items[..10].to_vec());
         assert!(!small.is_graph());
         assert_eq!(small.search(&items[4].1, 1)[0].id, 4);
+    }
+
+    #[test]
+    fn a_graph_with_many_dead_points_is_rebuilt_without_them_keeping_changes_made_meanwhile() {
+        let params = IndexParams { flat_limit: 64, ..IndexParams::default() };
+        let items: Vec<_> = (0..400).map(|i| (i, unit(i + 7, 24))).collect();
+        let p = Partition::from_vectors("ns".into(), [0; 16], 24, params, items.clone());
+        for id in 0..150 {
+            assert!(p.remove(id));
+        }
+        assert!(p.needs_rebuild());
+        assert_eq!(p.len(), 250);
+        p.rebuild();
+        assert!(!p.needs_rebuild());
+        assert_eq!(p.len(), 250);
+        assert!(p.is_graph());
+        assert_eq!(p.search(&items[399].1, 1)[0].id, 399);
+        assert!(p.search(&items[3].1, 5).iter().all(|c| c.id >= 150));
+        // Shrunk below the limit: back to an exact scan.
+        for id in 150..380 {
+            p.remove(id);
+        }
+        p.rebuild();
+        assert!(!p.is_graph());
+        assert_eq!(p.len(), 20);
+    }
+
+    #[test]
+    fn checkpoint_reloads_and_catches_up_with_the_live_set() {
+        let params = IndexParams { flat_limit: 64, ..IndexParams::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let items: Vec<_> = (0..300).map(|i| (i, unit(i + 99, 24))).collect();
+        let p = Partition::from_vectors("ns".into(), [5; 16], 24, params, items[..200].to_vec());
+        assert!(p.checkpoint(dir.path(), "model-a").unwrap());
+        assert!(!p.checkpoint(dir.path(), "model-a").unwrap(), "unchanged since: nothing to write");
+
+        // Since the checkpoint: 0..10 deleted, 200..300 added.
+        let live: HashSet<u64> = (10..300).collect();
+        let (hnsw, meta) = checkpoint::load(dir.path(), "ns", &[5; 16], 24, "model-a").unwrap();
+        assert_eq!(meta.points, 200);
+        let (q, mut missing) = Partition::from_checkpoint("ns".into(), [5; 16], 24, params, hnsw, &live);
+        missing.sort_unstable();
+        assert_eq!(missing, (200..300).collect::<Vec<_>>());
+        q.insert_many(&items[200..]);
+        assert_eq!(q.len(), 290);
+        assert_eq!(q.search(&items[250].1, 1)[0].id, 250);
+        assert_eq!(q.search(&items[150].1, 1)[0].id, 150);
+        assert!(q.search(&items[5].1, 5).iter().all(|c| c.id >= 10));
+
+        assert!(checkpoint::load(dir.path(), "ns", &[5; 16], 24, "model-b").is_err(), "other model");
+        assert!(checkpoint::load(dir.path(), "ns", &[6; 16], 24, "model-a").is_err(), "other scope");
+        // A corrupt graph file is refused, not a panic.
+        let key = checkpoint::key("ns", &[5; 16]);
+        std::fs::write(dir.path().join(key).join("graph.hnsw.graph"), b"garbage").unwrap();
+        let err = checkpoint::load(dir.path(), "ns", &[5; 16], 24, "model-a").err().unwrap();
+        assert!(matches!(err, checkpoint::LoadError::Unusable { .. }), "{err}");
     }
 }

@@ -23,8 +23,7 @@ pub struct EntryRecord {
     /// 0 = never expires.
     #[prost(int64, tag = "8")]
     pub expires_at_unix_ms: i64,
-    #[prost(uint64, tag = "9")]
-    pub hit_count: u64,
+    // Tag 9 (hit count) moved to `CatalogRecord`, which is small enough to rewrite on a flush.
     /// Unit-length embedding of `query`.
     #[prost(float, repeated, tag = "10")]
     pub vector: Vec<f32>,
@@ -40,6 +39,29 @@ impl EntryRecord {
     pub fn is_live(&self, now_unix_ms: i64) -> bool {
         self.expires_at_unix_ms == 0 || self.expires_at_unix_ms > now_unix_ms
     }
+}
+
+/// What the cache keeps in memory about an entry, stored apart from the entry itself (same
+/// key, own column family) so that start-up reads a few dozen bytes per entry rather than its
+/// text and vector, and so that recency and hit counts can be flushed without rewriting it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CatalogRecord {
+    /// `keys::scope_id` of the entry's scope: which index partition it belongs to.
+    #[prost(bytes = "vec", tag = "1")]
+    pub scope_id: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    pub created_at_unix_ms: i64,
+    /// 0 = never expires.
+    #[prost(int64, tag = "3")]
+    pub expires_at_unix_ms: i64,
+    /// Last hit (or the Store), persisted lazily: after a crash recency is approximate.
+    #[prost(int64, tag = "4")]
+    pub last_used_unix_ms: i64,
+    #[prost(uint64, tag = "5")]
+    pub hit_count: u64,
+    /// Stored size of the entry, counted against `--max-bytes`.
+    #[prost(uint64, tag = "6")]
+    pub size_bytes: u64,
 }
 
 /// A namespace's settings.
@@ -76,7 +98,6 @@ mod tests {
             metadata: [("k".to_string(), "v".to_string())].into(),
             created_at_unix_ms: 1,
             expires_at_unix_ms: 2,
-            hit_count: 3,
             vector: vec![0.5, -0.25, 1.0],
             input_tokens: 10,
             output_tokens: 20,

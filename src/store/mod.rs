@@ -1,9 +1,11 @@
 //! RocksDB, the source of truth. Everything in memory (the graphs, the counters) is derived
 //! from what is here and can be rebuilt from it.
 //!
-//! Column families: `entries` (entry key -> [`EntryRecord`], vector included), `exact`
-//! (hash of namespace, scope and normalised query -> entry key), `namespaces` (name ->
+//! Column families: `entries` (entry key -> [`EntryRecord`], vector included), `catalog`
+//! (entry key -> [`CatalogRecord`]: partition, expiry, recency, size; what start-up reads),
+//! `exact` (hash of namespace, scope and normalised query -> entry key), `namespaces` (name ->
 //! [`NamespaceRecord`]) and `meta` (schema version, model fingerprint, id high-water mark).
+//! An entry and its catalog row are always written and deleted in the same batch.
 //!
 //! Durability: every acknowledged write goes through [`Store::write`] with `sync = true`, so
 //! the WAL is fsynced before the caller hears back. RocksDB joins concurrent writers into one
@@ -12,7 +14,7 @@
 pub mod codec;
 pub mod keys;
 
-pub use codec::{EntryRecord, NamespaceRecord};
+pub use codec::{CatalogRecord, EntryRecord, NamespaceRecord};
 
 use prost::Message;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
@@ -22,17 +24,19 @@ use std::path::{Path, PathBuf};
 type RawItem = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>;
 
 const CF_ENTRIES: &str = "entries";
+const CF_CATALOG: &str = "catalog";
 const CF_EXACT: &str = "exact";
 const CF_NAMESPACES: &str = "namespaces";
 const CF_META: &str = "meta";
-const COLUMN_FAMILIES: [&str; 4] = [CF_ENTRIES, CF_EXACT, CF_NAMESPACES, CF_META];
+const COLUMN_FAMILIES: [&str; 5] = [CF_ENTRIES, CF_CATALOG, CF_EXACT, CF_NAMESPACES, CF_META];
 
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_MODEL: &[u8] = b"model_fingerprint";
 const META_ID_HIGH_WATER: &[u8] = b"id_high_water";
 
 /// Layout version of the data directory. Bump on any change an older reader would misread.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: the `catalog` column family (version 1 was the unreleased vertical slice).
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -74,8 +78,16 @@ impl Store {
         if !is_new {
             let existing =
                 DB::list_cf(&opts, path).map_err(|source| StoreError::Rocks { path: path.to_owned(), source })?;
-            if !COLUMN_FAMILIES.iter().all(|cf| existing.iter().any(|e| e == cf)) {
+            if !existing.iter().any(|e| e == CF_META) {
                 return Err(StoreError::Foreign { path: path.to_owned() });
+            }
+            if !COLUMN_FAMILIES.iter().all(|cf| existing.iter().any(|e| e == cf)) {
+                // Ours, but from another layout: read its version to say which.
+                return Err(StoreError::Schema {
+                    path: path.to_owned(),
+                    found: Self::read_schema_readonly(path).unwrap_or_else(|| "unknown".into()),
+                    expected: SCHEMA_VERSION,
+                });
             }
         }
         let db = DB::open_cf_descriptors(&opts, path, cfs)
@@ -97,8 +109,23 @@ impl Store {
         Ok(store)
     }
 
+    /// The schema version of a semcache data dir of another layout, opened read-only so that
+    /// it is left exactly as it was.
+    fn read_schema_readonly(path: &Path) -> Option<String> {
+        let cfs = DB::list_cf(&Options::default(), path).ok()?;
+        let db = DB::open_cf_for_read_only(&Options::default(), path, cfs, false).ok()?;
+        let v = db.get_cf(db.cf_handle(CF_META)?, META_SCHEMA).ok()??;
+        Some(u32::from_be_bytes(v.as_slice().try_into().ok()?).to_string())
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the graph checkpoints live: beside RocksDB's files, inside the data dir, so that
+    /// one directory is the whole data set.
+    pub fn graphs_dir(&self) -> PathBuf {
+        self.path.join("graphs")
     }
 
     fn cf(&self, name: &'static str) -> &ColumnFamily {
@@ -164,6 +191,34 @@ impl Store {
             .transpose()
     }
 
+    /// Entries by id within one namespace, in the order asked (`None` where gone).
+    pub fn get_entries(&self, namespace: &str, ids: &[u64]) -> Result<Vec<Option<EntryRecord>>, StoreError> {
+        let keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::entry_key(namespace, *id)).collect();
+        let cf = self.cf(CF_ENTRIES);
+        self.db
+            .batched_multi_get_cf(cf, &keys, false)
+            .into_iter()
+            .zip(&keys)
+            .map(|(value, key)| match value.map_err(|e| self.rocks(e))? {
+                None => Ok(None),
+                Some(v) => EntryRecord::decode(v.as_ref()).map(Some).map_err(|e| self.corrupt(CF_ENTRIES, key, e)),
+            })
+            .collect()
+    }
+
+    /// Every catalog row: `(namespace, id, record)` in key order.
+    pub fn scan_catalog(&self) -> impl Iterator<Item = Result<(String, u64, CatalogRecord), StoreError>> + '_ {
+        self.db.iterator_cf(self.cf(CF_CATALOG), IteratorMode::Start).map(|item| {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            let (ns, id) = keys::parse_entry_key(&k).ok_or_else(|| self.corrupt(CF_CATALOG, &k, "bad key"))?;
+            let record = CatalogRecord::decode(v.as_ref()).map_err(|e| self.corrupt(CF_CATALOG, &k, e))?;
+            if record.scope_id.len() != 16 {
+                return Err(self.corrupt(CF_CATALOG, &k, "scope id is not 16 bytes"));
+            }
+            Ok((ns.to_owned(), id, record))
+        })
+    }
+
     /// The namespace and id of the entry stored under an exact key.
     pub fn get_exact(&self, exact: &[u8; 32]) -> Result<Option<(String, u64)>, StoreError> {
         let Some(v) = self.db.get_pinned_cf(self.cf(CF_EXACT), exact).map_err(|e| self.rocks(e))? else {
@@ -223,13 +278,29 @@ pub struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    pub fn put_entry(&mut self, entry: &EntryRecord) {
+    /// An entry with its catalog row; the two are only ever written together.
+    pub fn put_entry(&mut self, entry: &EntryRecord, catalog: &CatalogRecord) {
+        let key = keys::entry_key(&entry.namespace, entry.id);
+        self.inner.put_cf(self.store.cf(CF_CATALOG), &key, catalog.encode_to_vec());
+        self.inner.put_cf(self.store.cf(CF_ENTRIES), key, entry.encode_to_vec());
+    }
+
+    /// Rewrites an existing entry's record (a new vector after `semcache reembed`), leaving its
+    /// catalog row as it is.
+    pub fn replace_entry(&mut self, entry: &EntryRecord) {
         let key = keys::entry_key(&entry.namespace, entry.id);
         self.inner.put_cf(self.store.cf(CF_ENTRIES), key, entry.encode_to_vec());
     }
 
+    /// Rewrites the catalog row of an entry (recency and hit count flushes).
+    pub fn put_catalog(&mut self, namespace: &str, id: u64, catalog: &CatalogRecord) {
+        self.inner.put_cf(self.store.cf(CF_CATALOG), keys::entry_key(namespace, id), catalog.encode_to_vec());
+    }
+
     pub fn delete_entry(&mut self, namespace: &str, id: u64) {
-        self.inner.delete_cf(self.store.cf(CF_ENTRIES), keys::entry_key(namespace, id));
+        let key = keys::entry_key(namespace, id);
+        self.inner.delete_cf(self.store.cf(CF_CATALOG), &key);
+        self.inner.delete_cf(self.store.cf(CF_ENTRIES), key);
     }
 
     pub fn put_exact(&mut self, exact: &[u8; 32], namespace: &str, id: u64) {
@@ -242,6 +313,10 @@ impl Batch<'_> {
 
     pub fn put_namespace(&mut self, ns: &NamespaceRecord) {
         self.inner.put_cf(self.store.cf(CF_NAMESPACES), ns.name.as_bytes(), ns.encode_to_vec());
+    }
+
+    pub fn delete_namespace(&mut self, name: &str) {
+        self.inner.delete_cf(self.store.cf(CF_NAMESPACES), name.as_bytes());
     }
 
     pub fn len(&self) -> usize {
@@ -268,7 +343,7 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             let mut b = store.batch();
             for (ns, id) in [("a", 1), ("a", 3), ("ab", 2), ("b", 4)] {
-                b.put_entry(&entry(ns, id));
+                b.put_entry(&entry(ns, id), &CatalogRecord { scope_id: vec![0; 16], ..Default::default() });
             }
             b.put_exact(&[7; 32], "a", 3);
             store.write(b).unwrap();
@@ -282,6 +357,18 @@ mod tests {
         assert_eq!(store.get_entry("ab", 2).unwrap().unwrap().query, "q2");
         assert_eq!(store.get_entry("a", 2).unwrap(), None);
         assert_eq!(store.id_high_water().unwrap(), 1024);
+        let catalog: Vec<(String, u64)> =
+            store.scan_catalog().map(|r| r.map(|(ns, id, _)| (ns, id)).unwrap()).collect();
+        assert_eq!(catalog.len(), 4);
+        assert!(catalog.contains(&("ab".to_string(), 2)));
+        let got = store.get_entries("a", &[3, 2, 1]).unwrap();
+        assert_eq!(got.iter().map(|e| e.as_ref().map(|e| e.id)).collect::<Vec<_>>(), vec![Some(3), None, Some(1)]);
+
+        let mut b = store.batch();
+        b.delete_entry("a", 3);
+        store.write(b).unwrap();
+        assert_eq!(store.scan_catalog().count(), 3, "entry and catalog row go together");
+        assert_eq!(store.scan_all().count(), 3);
     }
 
     #[test]
