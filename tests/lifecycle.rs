@@ -58,17 +58,60 @@ async fn everything_survives_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_data_dir_from_another_model_is_refused() {
+async fn a_namespace_from_another_model_is_refused_until_reembedded() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let store = semcache::store::Store::open(dir.path()).unwrap();
-        store.set_model_fingerprint("other-model/768/0123456789abcdef").unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client.clone();
+    for (q, r) in [("How do I reset my password?", "Settings > Security"), ("Where is my order?", "Tracking page")] {
+        store(&mut c, store_req("old", q, r)).await;
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let args = semcache::config::ServeArgs::with_dirs(dir.path(), model_dir());
-    let err = semcache::server::run(args, listener, std::future::pending()).await.unwrap_err();
-    let msg = err.to_string();
-    assert!(msg.contains("other-model/768/0123456789abcdef") && msg.contains("all-MiniLM-L6-v2"), "{msg}");
+    store(&mut c, store_req("fresh", "How do I reset my password?", "x")).await;
+    server.stop().await;
+
+    // As if "old" had been embedded by another model.
+    let stale = "other-model/384/0123456789abcdef";
+    {
+        let db = semcache::store::Store::open(dir.path()).unwrap();
+        let mut record = db.namespaces().unwrap().into_iter().find(|n| n.name == "old").unwrap();
+        record.embedding_model = stale.into();
+        let mut batch = db.batch();
+        batch.put_namespace(&record);
+        db.write(batch).unwrap();
+    }
+
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client.clone();
+    let status = c.lookup(lookup_req("old", "I forgot my password, how can I change it?")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    let msg = status.message();
+    assert!(msg.contains(stale) && msg.contains("all-MiniLM-L6-v2") && msg.contains("semcache reembed"), "{msg}");
+    let status = c.store(store_req("old", "q", "r")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    // Other namespaces are unaffected, and the stale one can still be inspected.
+    assert!(lookup(&mut c, lookup_req("fresh", "I forgot my password, how can I change it?")).await.hit);
+    let ns = c.get_namespace(GetNamespaceRequest { name: "old".into() }).await.unwrap().into_inner();
+    assert_eq!((ns.entries, ns.embedding_model.as_str()), (2, stale));
+    server.stop().await;
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_semcache"))
+        .args(["reembed", "--data-dir"])
+        .arg(dir.path())
+        .arg("--model-dir")
+        .arg(model_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("old: 2 entries re-embedded"), "{stdout}");
+    assert!(!stdout.contains("fresh"), "only the stale namespace is re-embedded: {stdout}");
+
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client.clone();
+    let r = lookup(&mut c, lookup_req("old", "I forgot my password, how can I change it?")).await;
+    assert_eq!(r.entry.expect("serves again after reembed").response, "Settings > Security");
+    let ns = c.get_namespace(GetNamespaceRequest { name: "old".into() }).await.unwrap().into_inner();
+    assert!(ns.embedding_model.contains("all-MiniLM-L6-v2"), "{}", ns.embedding_model);
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
