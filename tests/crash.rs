@@ -90,7 +90,11 @@ impl Server {
             }
         }
         let child = cmd
-            .args(["serve", "--warmup-rounds", "1", "--listen", &addr.to_string(), "--data-dir"])
+            .args(["serve", "--warmup-rounds", "1", "--listen", &addr.to_string()])
+            // Small graphs checkpointed every second, so kills also land in background
+            // rebuilds and checkpoint writes, and restarts go through checkpoint recovery.
+            .args(["--exact-scan-limit", "64", "--checkpoint-interval-seconds", "1", "--sweep-interval-ms", "100"])
+            .arg("--data-dir")
             .arg(data_dir)
             .arg("--model-dir")
             .arg(model_dir())
