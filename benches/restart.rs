@@ -1,0 +1,135 @@
+//! Start-up time and memory of a large data set: from scratch (every graph built from
+//! RocksDB) and from checkpoints. Not a criterion benchmark: one run takes minutes.
+//!
+//! `SEMCACHE_RESTART_ENTRIES=100000 cargo bench --bench restart` (default 100,000). Fills a
+//! temporary data dir with that many entries in one namespace (seeded random unit vectors:
+//! start-up does not depend on where vectors came from), then opens it twice and prints the
+//! time and the process RSS after each open. Needs the model (`models/fetch.sh`), because
+//! `Cache::open` checks the data against it.
+
+use semcache::cache::{now_unix_ms, Cache, Defaults, Limits};
+use semcache::config::DeviceKind;
+use semcache::embed::{Embedder, ModelInfo};
+use semcache::index::IndexParams;
+use semcache::store::{keys, CatalogRecord, EntryRecord, NamespaceRecord, Store};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn unit(seed: u64, dim: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v: Vec<f32> = (0..dim)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % 20_001) as f32 / 10_000.0 - 1.0
+        })
+        .collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+fn fill(dir: &Path, info: &ModelInfo, entries: u64) {
+    let store = Store::open(dir).unwrap();
+    let now = now_unix_ms();
+    let mut batch = store.batch();
+    batch.put_namespace(&NamespaceRecord {
+        name: "bench".into(),
+        similarity_threshold: 0.85,
+        embedding_model: info.fingerprint.clone(),
+        created_at_unix_ms: now,
+        ..Default::default()
+    });
+    store.write(batch).unwrap();
+    let scope = keys::scope_id(&Default::default());
+    for chunk in (1..=entries).collect::<Vec<_>>().chunks(2_000) {
+        let mut batch = store.batch();
+        for &id in chunk {
+            let query = format!("synthetic question number {id}");
+            let entry = EntryRecord {
+                id,
+                namespace: "bench".into(),
+                query: query.clone(),
+                response: format!("answer {id}"),
+                created_at_unix_ms: now,
+                vector: unit(id, info.dim),
+                ..Default::default()
+            };
+            let catalog = CatalogRecord {
+                scope_id: scope.to_vec(),
+                created_at_unix_ms: now,
+                last_used_unix_ms: now,
+                size_bytes: 1_700,
+                ..Default::default()
+            };
+            batch.put_entry(&entry, &catalog);
+            batch.put_exact(&keys::exact_key("bench", &Default::default(), &query), "bench", id);
+        }
+        store.write(batch).unwrap();
+    }
+    store.set_id_high_water(entries + 1).unwrap();
+}
+
+fn open(dir: &Path, model: &Path, info: &ModelInfo) -> (Cache, f64) {
+    let (embedder, _ready) = Embedder::spawn(model, info.clone(), DeviceKind::Cpu, 16, 8, 0);
+    let started = Instant::now();
+    let cache = Cache::open(
+        Store::open(dir).unwrap(),
+        embedder,
+        IndexParams::default(),
+        Defaults { similarity_threshold: 0.85, ttl_seconds: 0, max_bytes: 0 },
+        Limits { max_query_bytes: 32 * 1024, max_response_bytes: 1 << 20 },
+    )
+    .unwrap();
+    (cache, started.elapsed().as_secs_f64())
+}
+
+/// One start-up in a fresh process, so that its RSS is its own.
+fn child(dir: &Path, label: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("SEMCACHE_RESTART_OPEN", dir)
+        .env("SEMCACHE_RESTART_LABEL", label)
+        .output()
+        .unwrap();
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench` probing for criterion-style benchmarks
+    }
+    let model: PathBuf = std::env::var_os("SEMCACHE_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"));
+    let info = ModelInfo::read(&model).expect("model missing: run models/fetch.sh");
+    if let Some(dir) = std::env::var_os("SEMCACHE_RESTART_OPEN") {
+        let label = std::env::var("SEMCACHE_RESTART_LABEL").unwrap_or_default();
+        let (cache, secs) = open(Path::new(&dir), &model, &info);
+        println!("{label:<16} {secs:>7.1} s, RSS {:>6.0} MiB, {:?}", rss_mib(), cache.restore_report);
+        let started = Instant::now();
+        if cache.checkpoint() > 0 {
+            println!("{:<16} {:>7.1} s", "checkpoint write", started.elapsed().as_secs_f64());
+        }
+        return;
+    }
+    let entries: u64 = std::env::var("SEMCACHE_RESTART_ENTRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let started = Instant::now();
+    fill(dir.path(), &info, entries);
+    println!("filled {entries} entries in {:.1} s ({threads} threads)", started.elapsed().as_secs_f64());
+    child(dir.path(), "from scratch");
+    child(dir.path(), "from checkpoint");
+}
