@@ -46,6 +46,9 @@ pub struct Candidate {
 /// memory and search time (a filtered walk visits them), and hnsw_rs cannot delete.
 const MAX_DEAD_SHARE: f64 = 0.25;
 
+/// Vectors per `parallel_insert` call when building a graph; progress is logged between them.
+const BUILD_SLICE: usize = 50_000;
+
 pub struct Partition {
     namespace: Arc<str>,
     scope: ScopeId,
@@ -293,8 +296,20 @@ impl Inner {
         }
         let mut graph = Graph::new(params, items.len());
         let refs: Vec<(&[f32], usize)> = items.iter().map(|(id, v)| (v.as_slice(), *id as usize)).collect();
-        graph.hnsw.parallel_insert_slice(&refs);
-        graph.inserted = refs.len();
+        // In slices, so that a build of minutes reports progress.
+        let started = std::time::Instant::now();
+        for slice in refs.chunks(BUILD_SLICE) {
+            graph.hnsw.parallel_insert_slice(&slice.to_vec());
+            graph.inserted += slice.len();
+            if refs.len() > BUILD_SLICE {
+                tracing::info!(
+                    done = graph.inserted,
+                    total = refs.len(),
+                    elapsed_s = started.elapsed().as_secs(),
+                    "building graph"
+                );
+            }
+        }
         Inner::Graph(graph)
     }
 
