@@ -372,6 +372,19 @@ mod tests {
     }
 
     #[test]
+    fn a_corrupt_record_is_an_error_naming_the_dir_and_key_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut b = store.batch();
+        b.inner.put_cf(store.cf(CF_CATALOG), keys::entry_key("a", 7), b"\xff\xff not protobuf");
+        store.write(b).unwrap();
+        let err = store.scan_catalog().next().unwrap().err().expect("corrupt");
+        let msg = err.to_string();
+        assert!(matches!(err, StoreError::Corrupt { cf: "catalog", .. }), "{msg}");
+        assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+    }
+
+    #[test]
     fn refuses_a_foreign_directory() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
