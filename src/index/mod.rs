@@ -238,6 +238,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn partitions_never_mix() {
@@ -253,5 +254,48 @@ mod tests {
         assert_eq!(index.total(), 3);
         assert!(index.remove("a", &s2, 2));
         assert_eq!(index.len("a"), 1);
+    }
+
+    fn unit(seed: u64) -> Vec<f32> {
+        let v: Vec<f32> = (0..8).map(|i| ((seed * 7919 + i * 104_729) % 1000) as f32 / 500.0 - 1.0).collect();
+        let n = dot(&v, &v).sqrt();
+        v.into_iter().map(|x| x / n).collect()
+    }
+
+    #[test]
+    fn restore_uses_checkpoints_catches_up_and_rebuilds_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let params = IndexParams { flat_limit: 16, ..IndexParams::default() };
+        let graphs = Some(dir.path().to_path_buf());
+        let (big, small) = ([1; 16], [2; 16]);
+        let index = Index::new(8, params, graphs.clone(), "m".into());
+        for id in 0..100 {
+            index.insert("ns", &big, id, &unit(id));
+        }
+        index.insert("ns", &small, 1000, &unit(1000));
+        assert_eq!(index.rebuild_where_needed(), 1, "only the big partition outgrew its scan");
+        assert_eq!(index.checkpoint(), 1);
+        assert_eq!(index.checkpoint(), 0, "nothing changed since");
+
+        // Since the checkpoint: 0..5 deleted, 100..120 added.
+        let live_big: HashSet<u64> = (5..120).collect();
+        let fetch = |_: &str, ids: &[u64]| Ok::<_, ()>(ids.iter().map(|id| (*id, unit(*id))).collect());
+        let parts = || vec![("ns".into(), big, live_big.clone()), ("ns".into(), small, HashSet::from([1000]))];
+        let restored = Index::new(8, params, graphs.clone(), "m".into());
+        let report = restored.restore(parts(), fetch).unwrap();
+        assert_eq!(
+            report,
+            RestoreReport { partitions: 2, vectors: 116, from_checkpoint: 1, caught_up: 20, rebuilt: 0 }
+        );
+        assert_eq!(restored.len("ns"), 116);
+        let p = restored.partition("ns", &big).unwrap();
+        assert_eq!(p.search(&unit(110), 1)[0].id, 110);
+        assert!(p.search(&unit(2), 10).iter().all(|c| c.id >= 5));
+
+        // Another model's checkpoint is not used: the partition is built from the store.
+        let other = Index::new(8, params, graphs, "other".into());
+        let report = other.restore(parts(), fetch).unwrap();
+        assert_eq!((report.from_checkpoint, report.rebuilt), (0, 1));
+        assert_eq!(other.len("ns"), 116);
     }
 }

@@ -521,7 +521,7 @@ mod tests {
     }
 
     #[test]
-    fn a_graph_with_many_dead_points_is_rebuilt_without_them_keeping_changes_made_meanwhile() {
+    fn a_graph_with_many_dead_points_is_rebuilt_without_them() {
         let params = IndexParams { flat_limit: 64, ..IndexParams::default() };
         let items: Vec<_> = (0..400).map(|i| (i, unit(i + 7, 24))).collect();
         let p = Partition::from_vectors("ns".into(), [0; 16], 24, params, items.clone());
@@ -543,6 +543,32 @@ mod tests {
         p.rebuild();
         assert!(!p.is_graph());
         assert_eq!(p.len(), 20);
+    }
+
+    #[test]
+    fn changes_made_during_a_rebuild_are_kept() {
+        let params = IndexParams { flat_limit: 64, ..IndexParams::default() };
+        let items: Vec<_> = (0..3000).map(|i| (i, unit(i + 3, 24))).collect();
+        let p = Partition::new("ns".into(), [0; 16], 24, params);
+        for (id, v) in &items[..2000] {
+            p.insert(*id, v);
+        }
+        std::thread::scope(|s| {
+            s.spawn(|| p.rebuild());
+            // Writers keep going while the graph is built aside.
+            for (id, v) in &items[2000..] {
+                p.insert(*id, v);
+            }
+            for id in 0..100 {
+                p.remove(id);
+            }
+        });
+        assert!(p.is_graph());
+        assert_eq!(p.len(), 2900);
+        for probe in [150u64, 1999, 2000, 2999] {
+            assert_eq!(p.search(&items[probe as usize].1, 1)[0].id, probe);
+        }
+        assert!(p.search(&items[50].1, 5).iter().all(|c| c.id >= 100));
     }
 
     #[test]
