@@ -378,7 +378,7 @@ mod tests {
         let mut b = store.batch();
         b.inner.put_cf(store.cf(CF_CATALOG), keys::entry_key("a", 7), b"\xff\xff not protobuf");
         store.write(b).unwrap();
-        let err = store.scan_catalog().next().unwrap().err().expect("corrupt");
+        let err = store.scan_catalog().next().unwrap().expect_err("corrupt");
         let msg = err.to_string();
         assert!(matches!(err, StoreError::Corrupt { cf: "catalog", .. }), "{msg}");
         assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
