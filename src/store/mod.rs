@@ -4,7 +4,8 @@
 //! Column families: `entries` (entry key -> [`EntryRecord`], vector included), `catalog`
 //! (entry key -> [`CatalogRecord`]: partition, expiry, recency, size; what start-up reads),
 //! `exact` (hash of namespace, scope and normalised query -> entry key), `namespaces` (name ->
-//! [`NamespaceRecord`]) and `meta` (schema version, model fingerprint, id high-water mark).
+//! [`NamespaceRecord`], with the fingerprint of the model its vectors came from) and `meta`
+//! (schema version, id high-water mark).
 //! An entry and its catalog row are always written and deleted in the same batch.
 //!
 //! Durability: every acknowledged write goes through [`Store::write`] with `sync = true`, so
@@ -31,7 +32,6 @@ const CF_META: &str = "meta";
 const COLUMN_FAMILIES: [&str; 5] = [CF_ENTRIES, CF_CATALOG, CF_EXACT, CF_NAMESPACES, CF_META];
 
 const META_SCHEMA: &[u8] = b"schema_version";
-const META_MODEL: &[u8] = b"model_fingerprint";
 const META_ID_HIGH_WATER: &[u8] = b"id_high_water";
 
 /// Layout version of the data directory. Bump on any change an older reader would misread.
@@ -153,17 +153,6 @@ impl Store {
         let mut batch = self.batch();
         batch.inner.put_cf(self.cf(CF_META), key, value);
         self.write(batch)
-    }
-
-    /// The fingerprint of the model this data set was embedded with, if one was recorded.
-    pub fn model_fingerprint(&self) -> Result<Option<String>, StoreError> {
-        self.meta(META_MODEL)?
-            .map(|v| String::from_utf8(v).map_err(|e| self.corrupt(CF_META, META_MODEL, e)))
-            .transpose()
-    }
-
-    pub fn set_model_fingerprint(&self, fingerprint: &str) -> Result<(), StoreError> {
-        self.put_meta(META_MODEL, fingerprint.as_bytes())
     }
 
     /// Ids below this mark may have been handed out; ids at or above it never were.
