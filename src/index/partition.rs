@@ -60,6 +60,17 @@ pub struct Partition {
     journal: Mutex<Option<Vec<Change>>>,
     /// Vectors inserted since the last checkpoint (removals do not change the graph file).
     changed: AtomicBool,
+    /// While a checkpoint reads the graph (seconds, for a large one), changes wait here
+    /// instead of blocking Stores on the graph's lock; searches see them, and they are
+    /// applied once the dump is done. Lock order: `staged` before `inner`.
+    staged: Mutex<Option<Staged>>,
+}
+
+#[derive(Default)]
+struct Staged {
+    inserts: Flat,
+    /// Ids of the graph removed meanwhile.
+    removes: HashSet<u64>,
 }
 
 enum Change {
@@ -101,6 +112,7 @@ impl Partition {
             inner: RwLock::new(inner),
             journal: Mutex::new(None),
             changed: AtomicBool::new(false),
+            staged: Mutex::new(None),
         }
     }
 
@@ -154,7 +166,9 @@ impl Partition {
     }
 
     pub fn len(&self) -> usize {
-        self.read().len()
+        let staged = self.staged.lock().expect("staged lock");
+        let (added, removed) = staged.as_ref().map_or((0, 0), |s| (s.inserts.ids.len(), s.removes.len()));
+        (self.read().len() + added).saturating_sub(removed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -169,6 +183,12 @@ impl Partition {
 
     pub fn insert(&self, id: u64, vector: &[f32]) {
         debug_assert_eq!(vector.len(), self.dim);
+        let mut staged = self.staged.lock().expect("staged lock");
+        if let Some(staged) = staged.as_mut() {
+            staged.inserts.push(id, vector);
+            self.changed.store(true, Ordering::Relaxed);
+            return;
+        }
         let mut inner = self.write();
         inner.insert(id, vector);
         self.changed.store(true, Ordering::Relaxed);
@@ -182,15 +202,7 @@ impl Partition {
         if items.is_empty() {
             return;
         }
-        let mut inner = self.write();
-        match &mut *inner {
-            Inner::Graph(graph) => {
-                let refs: Vec<(&[f32], usize)> = items.iter().map(|(id, v)| (v.as_slice(), *id as usize)).collect();
-                graph.hnsw.parallel_insert_slice(&refs);
-                graph.inserted += refs.len();
-            }
-            flat => items.iter().for_each(|(id, v)| flat.insert(*id, v)),
-        }
+        self.write().insert_many(items);
         self.changed.store(true, Ordering::Relaxed);
         if let Some(journal) = self.journal.lock().expect("journal lock").as_mut() {
             journal.extend(items.iter().map(|(id, v)| Change::Insert(*id, v.clone())));
@@ -199,6 +211,16 @@ impl Partition {
 
     /// Removes an id; returns whether it was present.
     pub fn remove(&self, id: u64) -> bool {
+        let mut staged = self.staged.lock().expect("staged lock");
+        if let Some(staged) = staged.as_mut() {
+            if staged.inserts.remove(id) {
+                return true;
+            }
+            // Only the checkpoint holds `inner` now (for reading), and it cannot be waiting
+            // for a write lock while we hold `staged`: reading here is safe.
+            let present = self.read().contains(id);
+            return present && staged.removes.insert(id);
+        }
         let mut inner = self.write();
         let removed = inner.remove(id);
         if removed {
@@ -211,6 +233,19 @@ impl Partition {
 
     /// The `k` nearest live vectors to a unit-length query, most similar first.
     pub fn search(&self, query: &[f32], k: usize) -> Vec<Candidate> {
+        let (recent, removed) = match &*self.staged.lock().expect("staged lock") {
+            None => return self.search_inner(query, k),
+            Some(s) => (s.inserts.search(self.dim, query, k), s.removes.clone()),
+        };
+        let mut found = self.search_inner(query, k + removed.len());
+        found.retain(|c| !removed.contains(&c.id));
+        found.extend(recent);
+        found.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+        found.truncate(k);
+        found
+    }
+
+    fn search_inner(&self, query: &[f32], k: usize) -> Vec<Candidate> {
         match &*self.read() {
             Inner::Flat(flat) => flat.search(self.dim, query, k),
             Inner::Graph(graph) => {
@@ -264,13 +299,40 @@ impl Partition {
     }
 
     /// Writes this partition's checkpoint if it is a graph that changed since the last one.
-    /// Returns whether one was written. Inserts wait while the graph is dumped.
+    /// Returns whether one was written. Changes made during the dump are staged, then applied.
     pub fn checkpoint(&self, graphs: &Path, model: &str) -> std::io::Result<bool> {
-        let inner = self.read();
-        let Inner::Graph(graph) = &*inner else { return Ok(false) };
-        if !self.changed.swap(false, Ordering::Relaxed) {
+        if !self.is_graph() || !self.changed.swap(false, Ordering::Relaxed) {
             return Ok(false);
         }
+        self.start_staging();
+        let written = self.dump(graphs, model);
+        self.apply_staged();
+        if written.is_err() {
+            self.changed.store(true, Ordering::Relaxed);
+        }
+        written.map(|()| true)
+    }
+
+    fn start_staging(&self) {
+        *self.staged.lock().expect("staged lock") = Some(Staged::default());
+    }
+
+    /// Applies the staged changes and goes back to writing straight into the structure.
+    fn apply_staged(&self) {
+        let mut staged = self.staged.lock().expect("staged lock");
+        let mut inner = self.write();
+        let Staged { inserts, removes } = staged.take().unwrap_or_default();
+        let items: Vec<(u64, Vec<f32>)> =
+            inserts.ids.iter().zip(inserts.vectors.chunks_exact(self.dim)).map(|(id, v)| (*id, v.to_vec())).collect();
+        inner.insert_many(&items);
+        for id in removes {
+            inner.remove(id);
+        }
+    }
+
+    fn dump(&self, graphs: &Path, model: &str) -> std::io::Result<()> {
+        let inner = self.read();
+        let Inner::Graph(graph) = &*inner else { return Ok(()) };
         let meta = checkpoint::Meta {
             format: 1,
             namespace: self.namespace.to_string(),
@@ -280,8 +342,7 @@ impl Partition {
             points: graph.inserted,
             written_unix_ms: crate::cache::now_unix_ms(),
         };
-        checkpoint::write(graphs, &graph.hnsw, &meta).inspect_err(|_| self.changed.store(true, Ordering::Relaxed))?;
-        Ok(true)
+        checkpoint::write(graphs, &graph.hnsw, &meta)
     }
 }
 
@@ -327,6 +388,26 @@ impl Inner {
                 graph.hnsw.insert_slice((vector, id as usize));
                 graph.inserted += 1;
             }
+        }
+    }
+
+    fn insert_many(&mut self, items: &[(u64, Vec<f32>)]) {
+        match self {
+            Inner::Graph(graph) => {
+                let refs: Vec<(&[f32], usize)> = items.iter().map(|(id, v)| (v.as_slice(), *id as usize)).collect();
+                graph.hnsw.parallel_insert_slice(&refs);
+                graph.inserted += refs.len();
+            }
+            flat => items.iter().for_each(|(id, v)| flat.insert(*id, v)),
+        }
+    }
+
+    /// Whether a live vector with this id is here (for a graph: not known dead; ids of
+    /// entries never inserted are never asked about).
+    fn contains(&self, id: u64) -> bool {
+        match self {
+            Inner::Flat(flat) => flat.position.contains_key(&id),
+            Inner::Graph(graph) => !graph.dead.contains(&id),
         }
     }
 
@@ -569,6 +650,45 @@ mod tests {
             assert_eq!(p.search(&items[probe as usize].1, 1)[0].id, probe);
         }
         assert!(p.search(&items[50].1, 5).iter().all(|c| c.id >= 100));
+    }
+
+    #[test]
+    fn writes_during_a_checkpoint_are_staged_searchable_and_then_applied() {
+        let params = IndexParams { flat_limit: 64, ..IndexParams::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let items: Vec<_> = (0..2600).map(|i| (i, unit(i + 11, 24))).collect();
+        let p = Partition::from_vectors("ns".into(), [0; 16], 24, params, items[..2000].to_vec());
+        // What `checkpoint` does, with writes in the middle of it.
+        p.start_staging();
+        for (id, v) in &items[2000..2300] {
+            p.insert(*id, v);
+            assert_eq!(p.search(v, 1)[0].id, *id, "a staged insert is found at once");
+        }
+        p.dump(dir.path(), "m").unwrap();
+        for (id, v) in &items[2300..] {
+            p.insert(*id, v);
+        }
+        for id in (0..50).chain(2290..2300) {
+            assert!(p.remove(id));
+            assert!(p.search(&items[id as usize].1, 3).iter().all(|c| c.id != id), "a staged remove hides {id}");
+        }
+        assert!(!p.remove(7), "already removed");
+        assert_eq!(p.len(), 2540);
+        p.apply_staged();
+        assert_eq!(p.len(), 2540);
+        assert_eq!(p.search(&items[2500].1, 1)[0].id, 2500);
+        assert!(p.search(&items[10].1, 5).iter().all(|c| c.id >= 50));
+        let (_, meta) = checkpoint::load(dir.path(), "ns", &[0; 16], 24, "m").unwrap();
+        assert_eq!(meta.points, 2000, "the dump holds the graph as it was when it began");
+
+        // The same through `checkpoint` on another thread, writes racing it.
+        std::thread::scope(|s| {
+            let dumper = s.spawn(|| p.checkpoint(dir.path(), "m").unwrap());
+            p.insert(5000, &unit(5000, 24));
+            assert!(dumper.join().unwrap());
+        });
+        assert_eq!(p.search(&unit(5000, 24), 1)[0].id, 5000);
+        assert_eq!(p.len(), 2541);
     }
 
     #[test]
