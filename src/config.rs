@@ -11,6 +11,19 @@ pub enum DeviceKind {
     Cuda,
 }
 
+/// Which sentence model, and where it runs.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Directory of a BERT-family sentence-transformers model
+    /// (config.json, tokenizer.json, model.safetensors).
+    #[arg(long, env = "SEMCACHE_MODEL_DIR", default_value = "models/all-MiniLM-L6-v2")]
+    pub model_dir: PathBuf,
+
+    /// Device the sentence model runs on.
+    #[arg(long, env = "SEMCACHE_DEVICE", value_enum, default_value = "cpu")]
+    pub device: DeviceKind,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address the gRPC server listens on.
@@ -21,14 +34,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SEMCACHE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
 
-    /// Directory of a BERT-family sentence-transformers model
-    /// (config.json, tokenizer.json, model.safetensors).
-    #[arg(long, env = "SEMCACHE_MODEL_DIR", default_value = "models/all-MiniLM-L6-v2")]
-    pub model_dir: PathBuf,
-
-    /// Device the sentence model runs on.
-    #[arg(long, env = "SEMCACHE_DEVICE", value_enum, default_value = "cpu")]
-    pub device: DeviceKind,
+    #[command(flatten)]
+    pub model: ModelArgs,
 
     /// Embedding requests allowed to wait for the model; beyond this, requests are refused
     /// with RESOURCE_EXHAUSTED instead of queueing without bound.
@@ -90,7 +97,7 @@ impl ServeArgs {
         }
         let mut args = <Wrapper as clap::Parser>::parse_from(["semcache"]).args;
         args.data_dir = data_dir.into();
-        args.model_dir = model_dir.into();
+        args.model.model_dir = model_dir.into();
         args
     }
 }
@@ -102,13 +109,9 @@ pub struct ReembedArgs {
     #[arg(long, env = "SEMCACHE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
 
-    /// The model to re-embed with (the one the server will run).
-    #[arg(long, env = "SEMCACHE_MODEL_DIR", default_value = "models/all-MiniLM-L6-v2")]
-    pub model_dir: PathBuf,
-
-    /// Device the sentence model runs on.
-    #[arg(long, env = "SEMCACHE_DEVICE", value_enum, default_value = "cpu")]
-    pub device: DeviceKind,
+    // The model to re-embed with: the one the server will run.
+    #[command(flatten)]
+    pub model: ModelArgs,
 
     /// A namespace to re-embed (repeat for several). Default: every namespace whose vectors
     /// came from another model.

@@ -48,9 +48,9 @@ fn run_reembed(args: ReembedArgs) -> anyhow::Result<()> {
         "{} is not a semcache data dir (pass the server's --data-dir)",
         args.data_dir.display()
     );
-    check_model_dir(&args.model_dir)?;
-    let info = ModelInfo::read(&args.model_dir)?;
-    let model = SentenceModel::load(&args.model_dir, info, device(args.device)?)?;
+    check_model_dir(&args.model.model_dir)?;
+    let info = ModelInfo::read(&args.model.model_dir)?;
+    let model = SentenceModel::load(&args.model.model_dir, info, device(args.model.device)?)?;
     let store = Store::open(&args.data_dir)
         .with_context(|| format!("cannot open {} (is a server still using it?)", args.data_dir.display()))?;
     let plan = reembed::plan(&store, &model, &args.namespaces)?;

@@ -52,14 +52,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     check_args(&args)?;
-    check_model_dir(&args.model_dir)?;
-    let model_dir = args.model_dir.clone();
+    check_model_dir(&args.model.model_dir)?;
+    let model_dir = args.model.model_dir.clone();
     let info = tokio::task::spawn_blocking(move || ModelInfo::read(&model_dir)).await.expect("model info task")?;
     tracing::info!(model = %info.fingerprint, dim = info.dim, "model found");
 
     // The model loads on its own thread while the index is rebuilt here.
-    let (embedder, ready) =
-        Embedder::spawn(&args.model_dir, info, args.device, args.max_queue, args.max_batch, args.warmup_rounds);
+    let (embedder, ready) = Embedder::spawn(
+        &args.model.model_dir,
+        info,
+        args.model.device,
+        args.max_queue,
+        args.max_batch,
+        args.warmup_rounds,
+    );
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|source| ServeError::DataDir { path: args.data_dir.clone(), source })?;
     let defaults = Defaults {
