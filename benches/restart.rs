@@ -10,7 +10,7 @@
 use semcache::cache::{now_unix_ms, Cache, Defaults, Limits};
 use semcache::config::DeviceKind;
 use semcache::embed::{Embedder, ModelInfo};
-use semcache::index::IndexParams;
+use semcache::index::{seeded_unit_vector, IndexParams};
 use semcache::store::{keys, CatalogRecord, EntryRecord, NamespaceRecord, Store};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -23,21 +23,6 @@ fn rss_mib() -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0.0);
     kib / 1024.0
-}
-
-fn unit(seed: u64, dim: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v: Vec<f32> = (0..dim)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s % 20_001) as f32 / 10_000.0 - 1.0
-        })
-        .collect();
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.iter_mut().for_each(|x| *x /= n);
-    v
 }
 
 fn fill(dir: &Path, info: &ModelInfo, entries: u64) {
@@ -63,7 +48,7 @@ fn fill(dir: &Path, info: &ModelInfo, entries: u64) {
                 query: query.clone(),
                 response: format!("answer {id}"),
                 created_at_unix_ms: now,
-                vector: unit(id, info.dim),
+                vector: seeded_unit_vector(id, info.dim),
                 ..Default::default()
             };
             let catalog = CatalogRecord {

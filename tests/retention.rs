@@ -27,15 +27,17 @@ async fn hits(c: &mut SemanticCacheClient<Channel>, ns: &str, query: &str) -> bo
     lookup(c, lookup_req(ns, query)).await.hit
 }
 
-/// Polls until `f` holds (the sweeper runs in the background), failing after 10 s.
-async fn eventually<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F, what: &str) {
+/// Waits until a namespace holds `n` entries (the sweeper runs in the background), failing
+/// after 10 s.
+async fn wait_for_entries(c: &SemanticCacheClient<Channel>, ns: &str, n: u64) {
+    let mut c = c.clone();
     for _ in 0..200 {
-        if f().await {
+        if stats(&mut c, ns).await.entries == n {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("timed out waiting for: {what}");
+    panic!("{ns} did not reach {n} entries within 10 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,14 +68,7 @@ async fn expired_entries_never_hit_and_are_purged() {
     assert!(!hits(&mut c, "ttl", "I forgot my password, how can I change it?").await, "semantic path after expiry");
     assert!(hits(&mut c, "ttl", "Where is my order?").await, "ttl 0 never expires");
 
-    eventually(
-        || {
-            let mut c = c.clone();
-            async move { stats(&mut c, "ttl").await.entries == 1 }
-        },
-        "purge",
-    )
-    .await;
+    wait_for_entries(&c, "ttl", 1).await;
     let s = stats(&mut c, "ttl").await;
     assert_eq!((s.expirations, s.entries), (1, 1));
     let ns = c.get_namespace(GetNamespaceRequest { name: "ttl".into() }).await.unwrap().into_inner();
@@ -92,14 +87,7 @@ async fn the_namespace_ttl_applies_when_a_store_gives_none() {
     let mut kept = store_req("ttl", "Do you ship abroad?", "Yes");
     kept.ttl_seconds = Some(0);
     store(&mut c, kept).await;
-    eventually(
-        || {
-            let mut c = c.clone();
-            async move { stats(&mut c, "ttl").await.entries == 1 }
-        },
-        "purge",
-    )
-    .await;
+    wait_for_entries(&c, "ttl", 1).await;
     assert!(!hits(&mut c, "ttl", "What is the refund window?").await);
     assert!(hits(&mut c, "ttl", "Do you ship abroad?").await, "a per-Store 0 overrides the namespace TTL");
     server.stop().await;

@@ -6,7 +6,7 @@
 pub mod checkpoint;
 mod partition;
 
-pub use partition::{dot, Candidate, IndexParams, Partition};
+pub use partition::{dot, seeded_unit_vector, Candidate, IndexParams, Partition};
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -64,7 +64,7 @@ impl Index {
     ) -> Result<RestoreReport, E> {
         let mut report = RestoreReport { partitions: partitions.len(), ..Default::default() };
         let total: usize = partitions.iter().map(|(_, _, ids)| ids.len()).sum();
-        let started = Instant::now();
+        let mut last_log = Instant::now();
         let mut keep = HashSet::new();
         for (namespace, scope, live) in partitions {
             report.vectors += live.len();
@@ -81,8 +81,9 @@ impl Index {
                 .entry(namespace)
                 .or_default()
                 .insert(scope, Arc::new(partition));
-            if report.vectors > 0 && started.elapsed().as_secs() >= 5 {
+            if last_log.elapsed().as_secs() >= 5 {
                 tracing::info!(done = report.vectors, total, "restoring the index");
+                last_log = Instant::now();
             }
         }
         if let Some(graphs) = &self.graphs {
@@ -257,9 +258,7 @@ mod tests {
     }
 
     fn unit(seed: u64) -> Vec<f32> {
-        let v: Vec<f32> = (0..8).map(|i| ((seed * 7919 + i * 104_729) % 1000) as f32 / 500.0 - 1.0).collect();
-        let n = dot(&v, &v).sqrt();
-        v.into_iter().map(|x| x / n).collect()
+        seeded_unit_vector(seed, 8)
     }
 
     #[test]

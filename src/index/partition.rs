@@ -510,24 +510,29 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Deterministic pseudo-random unit vectors (xorshift), for tests and benchmarks of the index
+/// without a `rand` dependency.
+pub fn seeded_unit_vector(seed: u64, dim: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v: Vec<f32> = (0..dim)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % 20_001) as f32 / 10_000.0 - 1.0
+        })
+        .collect();
+    let n = dot(&v, &v).sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn unit(seed: u64, dim: usize) -> Vec<f32> {
-        // Deterministic pseudo-random unit vectors (xorshift), no rand dependency needed.
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut v: Vec<f32> = (0..dim)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect();
-        let n = dot(&v, &v).sqrt();
-        v.iter_mut().for_each(|x| *x /= n);
-        v
+        seeded_unit_vector(seed, dim)
     }
 
     fn brute_force(items: &[(u64, Vec<f32>)], q: &[f32]) -> u64 {
