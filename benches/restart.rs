@@ -9,7 +9,7 @@
 
 use semcache::cache::{now_unix_ms, Cache, Defaults, Limits};
 use semcache::config::DeviceKind;
-use semcache::embed::{Embedder, ModelInfo};
+use semcache::embed::{BatchConfig, Embedder, ModelInfo};
 use semcache::index::{seeded_unit_vector, IndexParams};
 use semcache::store::{keys, CatalogRecord, EntryRecord, NamespaceRecord, Store};
 use std::path::{Path, PathBuf};
@@ -67,7 +67,7 @@ fn fill(dir: &Path, info: &ModelInfo, entries: u64) {
 }
 
 fn open(dir: &Path, model: &Path, info: &ModelInfo) -> (Cache, f64) {
-    let (embedder, _ready) = Embedder::spawn(model, info.clone(), DeviceKind::Cpu, 16, 8, 0);
+    let (embedder, _ready) = Embedder::spawn(model, info.clone(), DeviceKind::Cpu, BatchConfig::default());
     let started = Instant::now();
     let cache = Cache::open(
         Store::open(dir).unwrap(),

@@ -3,7 +3,7 @@
 
 use crate::cache::{validate, Cache, CacheError, Defaults, Limits, Maintenance, MaintenanceSettings};
 use crate::config::ServeArgs;
-use crate::embed::{check_model_dir, EmbedError, Embedder, ModelInfo};
+use crate::embed::{check_model_dir, BatchConfig, EmbedError, Embedder, ModelInfo};
 use crate::grpc::{SemanticCacheServer, SemanticCacheService};
 use crate::index::IndexParams;
 use crate::store::Store;
@@ -33,8 +33,8 @@ pub enum ServeError {
 fn check_args(args: &ServeArgs) -> Result<(), ServeError> {
     validate::threshold("--default-threshold", args.default_threshold)
         .map_err(|e| ServeError::Config(e.to_string()))?;
-    if args.max_batch == 0 || args.max_queue == 0 {
-        return Err(ServeError::Config("--max-batch and --max-queue must be at least 1".into()));
+    if args.max_batch == 0 || args.max_queue == 0 || args.max_batch_tokens == 0 {
+        return Err(ServeError::Config("--max-batch, --max-batch-tokens and --max-queue must be at least 1".into()));
     }
     if args.sweep_interval_ms == 0 || args.checkpoint_interval_seconds == 0 {
         return Err(ServeError::Config(
@@ -58,14 +58,14 @@ pub async fn run(
     tracing::info!(model = %info.fingerprint, dim = info.dim, "model found");
 
     // The model loads on its own thread while the index is rebuilt here.
-    let (embedder, ready) = Embedder::spawn(
-        &args.model.model_dir,
-        info,
-        args.model.device,
-        args.max_queue,
-        args.max_batch,
-        args.warmup_rounds,
-    );
+    let batching = BatchConfig {
+        max_queue: args.max_queue,
+        max_batch: args.max_batch,
+        max_batch_tokens: args.max_batch_tokens,
+        threads: args.model_threads,
+        warmup_rounds: args.warmup_rounds,
+    };
+    let (embedder, ready) = Embedder::spawn(&args.model.model_dir, info, args.model.device, batching);
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|source| ServeError::DataDir { path: args.data_dir.clone(), source })?;
     let defaults = Defaults {

@@ -66,3 +66,38 @@ fn batches_match_the_reference_and_single_runs() {
         assert!(max_diff < 1e-5, "batch and single differ by {max_diff} for {:?}", item.text);
     }
 }
+
+/// Through the server's batching queue: concurrent requests are tokenised, batched under the
+/// token budget, sharded across threads by length and handed back; each caller must get the
+/// vector of its own text, equal to a one-at-a-time run within 1e-5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_get_their_own_vectors_from_shared_batches() {
+    use semcache::config::DeviceKind;
+    use semcache::embed::{BatchConfig, Embedder};
+
+    let (model, reference) = load();
+    let dir = common::model_dir();
+    // A small token budget as well, so that some batches are cut by it rather than by count.
+    let config = BatchConfig { max_batch: 16, max_batch_tokens: 160, threads: 2, ..BatchConfig::default() };
+    let (embedder, ready) = Embedder::spawn(&dir, ModelInfo::read(&dir).unwrap(), DeviceKind::Cpu, config);
+    ready.await.unwrap().unwrap();
+    let texts: Vec<String> = reference.items.iter().map(|i| i.text.clone()).collect();
+    for round in 0..3 {
+        let calls: Vec<_> = texts
+            .iter()
+            .cycle()
+            .skip(round * 7)
+            .take(48)
+            .map(|t| {
+                let (e, t) = (embedder.clone(), t.clone());
+                tokio::spawn(async move { (e.embed(&t).await.unwrap(), t) })
+            })
+            .collect();
+        for call in calls {
+            let (v, text) = call.await.unwrap();
+            let single = &model.embed(&[&text]).unwrap()[0];
+            let max_diff = v.iter().zip(single).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(max_diff < 1e-5, "batched and single differ by {max_diff} for {text:?}");
+        }
+    }
+}

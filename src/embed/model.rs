@@ -1,15 +1,17 @@
 //! A BERT-family sentence-transformers model on candle: tokenizer, encoder, masked mean
 //! pooling and L2 normalisation, as sentence-transformers computes them.
 
+use super::bert::Bert;
 use super::EmbedError;
 use crate::config::DeviceKind;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
 /// The files a model directory must hold.
 pub const REQUIRED_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
@@ -107,10 +109,11 @@ pub fn device(kind: DeviceKind) -> Result<Device, EmbedError> {
 }
 
 pub struct SentenceModel {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
     device: Device,
     info: ModelInfo,
+    pad_id: u32,
 }
 
 impl SentenceModel {
@@ -119,13 +122,10 @@ impl SentenceModel {
         let config = read_config(dir)?;
         let mut tokenizer =
             Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| load_err(format!("tokenizer.json: {e}")))?;
-        // The shipped tokenizer pads every input to 128 tokens; pad to the longest in the batch
-        // instead, and truncate where sentence-transformers does.
-        let padding = PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..tokenizer.get_padding().cloned().unwrap_or_default()
-        };
-        tokenizer.with_padding(Some(padding));
+        // The shipped tokenizer pads every input to 128 tokens; `forward` pads each shard to its
+        // own longest text instead, and truncation is where sentence-transformers puts it.
+        let pad_id = tokenizer.get_padding().map_or(0, |p| p.pad_id);
+        tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams { max_length: info.max_seq_length, ..Default::default() }))
             .map_err(|e| load_err(format!("truncation: {e}")))?;
@@ -134,8 +134,8 @@ impl SentenceModel {
         // concurrent writer replacing it in place is outside what any model loader can guard.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device) }
             .map_err(|e| load_err(format!("model.safetensors: {e}")))?;
-        let model = BertModel::load(vb, &config).map_err(|e| load_err(format!("BERT weights: {e}")))?;
-        Ok(Self { model, tokenizer, device, info })
+        let model = Bert::load(vb, &config).map_err(|e| load_err(format!("BERT weights: {e}")))?;
+        Ok(Self { model, tokenizer, device, info, pad_id })
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -144,35 +144,93 @@ impl SentenceModel {
 
     /// Token ids as the model sees them (truncated, no padding), for parity checks.
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, EmbedError> {
-        let enc = self.tokenizer.encode(text, true).map_err(|e| EmbedError::Tokenize(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
+        Ok(self.tokenize(text)?.get_ids().to_vec())
+    }
+
+    /// Tokenises one text as the model reads it: truncated to the model's window, unpadded.
+    pub fn tokenize(&self, text: &str) -> Result<Encoding, EmbedError> {
+        self.tokenizer.encode(text, true).map_err(|e| EmbedError::Tokenize(e.to_string()))
     }
 
     /// Unit-length sentence vectors, one per text, in order.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        if texts.is_empty() {
+        let encodings: Vec<Encoding> = texts.iter().map(|t| self.tokenize(t)).collect::<Result<_, _>>()?;
+        self.embed_tokenized(&encodings.iter().collect::<Vec<_>>())
+    }
+
+    /// Vectors for already tokenised texts, in order.
+    ///
+    /// On the CPU the batch is sorted by length and cut into one shard per thread of the
+    /// current rayon pool, and the shards run at once. candle parallelises little beyond the
+    /// matrix products, so one padded batch leaves most cores idle between them; shards of
+    /// similar lengths keep every core busy and pad less. The weights are shared, not copied.
+    pub fn embed_tokenized(&self, encodings: &[&Encoding]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if encodings.is_empty() {
             return Ok(Vec::new());
         }
-        let encodings =
-            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| EmbedError::Tokenize(e.to_string()))?;
-        let (n, len) = (encodings.len(), encodings[0].len());
-        let mut ids = Vec::with_capacity(n * len);
-        let mut types = Vec::with_capacity(n * len);
-        let mut mask = Vec::with_capacity(n * len);
-        for enc in &encodings {
-            ids.extend_from_slice(enc.get_ids());
-            types.extend_from_slice(enc.get_type_ids());
-            mask.extend_from_slice(enc.get_attention_mask());
+        let threads = if self.device.is_cpu() { rayon::current_num_threads() } else { 1 };
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        order.sort_by_key(|&i| encodings[i].len());
+        let lengths: Vec<usize> = order.iter().map(|&i| encodings[i].len()).collect();
+        let shards = shard_ranges(&lengths, threads);
+        let sorted: Vec<&Encoding> = order.iter().map(|&i| encodings[i]).collect();
+        let results: Vec<Result<Vec<Vec<f32>>, EmbedError>> =
+            shards.into_par_iter().map(|range| self.forward(&sorted[range])).collect();
+        let mut out = vec![Vec::new(); encodings.len()];
+        let mut slot = order.into_iter();
+        for shard in results {
+            for (v, i) in shard?.into_iter().zip(&mut slot) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One padded forward pass over texts of similar length.
+    fn forward(&self, encodings: &[&Encoding]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let (n, len) = (encodings.len(), encodings.iter().map(|e| e.len()).max().unwrap_or(0));
+        let mut ids = vec![self.pad_id; n * len];
+        let mut types = vec![0u32; n * len];
+        let mut mask = vec![0u32; n * len];
+        for (row, enc) in encodings.iter().enumerate() {
+            let at = row * len;
+            ids[at..at + enc.len()].copy_from_slice(enc.get_ids());
+            types[at..at + enc.len()].copy_from_slice(enc.get_type_ids());
+            mask[at..at + enc.len()].copy_from_slice(enc.get_attention_mask());
         }
         let run = || -> candle_core::Result<Vec<Vec<f32>>> {
             let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
             let types = Tensor::from_vec(types, (n, len), &self.device)?;
             let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
-            let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+            let hidden = self.model.forward(&ids, &types, &mask)?;
             mean_pool_normalize(&hidden, &mask)?.to_vec2::<f32>()
         };
         run().map_err(|e| EmbedError::Model(e.to_string()))
     }
+}
+
+/// Cuts `lengths` (sorted ascending) into at most `parts` contiguous, non-empty ranges of about
+/// equal token count.
+fn shard_ranges(lengths: &[usize], parts: usize) -> Vec<std::ops::Range<usize>> {
+    let parts = parts.clamp(1, lengths.len().max(1));
+    let total: usize = lengths.iter().map(|&l| l.max(1)).sum();
+    let mut ranges = Vec::with_capacity(parts);
+    let (mut start, mut acc) = (0, 0);
+    for (i, &l) in lengths.iter().enumerate() {
+        acc += l.max(1);
+        let remaining_items = lengths.len() - i - 1;
+        let remaining_parts = parts - ranges.len() - 1;
+        // Close the shard once it has its share, or when every later item must open a shard.
+        let share = total * (ranges.len() + 1) / parts;
+        if remaining_parts > 0 && (acc >= share || remaining_items == remaining_parts) {
+            ranges.push(start..i + 1);
+            start = i + 1;
+        }
+    }
+    if start < lengths.len() {
+        ranges.push(start..lengths.len());
+    }
+    ranges
 }
 
 /// Masked mean over the token axis, then L2 normalisation (sentence-transformers' Pooling with
@@ -208,6 +266,27 @@ mod tests {
         let mask = Tensor::new(&[[1u32, 1]], &Device::Cpu).unwrap();
         let out = mean_pool_normalize(&hidden, &mask).unwrap().to_vec2::<f32>().unwrap();
         assert!((out[0][0] - 0.6).abs() < 1e-6 && (out[0][1] - 0.8).abs() < 1e-6);
+    }
+
+    #[test]
+    fn shards_cover_the_batch_in_order_with_similar_token_counts() {
+        assert_eq!(shard_ranges(&[], 2), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(shard_ranges(&[7], 4), vec![0..1]);
+        assert_eq!(shard_ranges(&[5, 5, 5, 5], 2), vec![0..2, 2..4]);
+        assert_eq!(shard_ranges(&[5, 5, 5, 5], 1), vec![0..4]);
+        // One long text weighs as much as the short ones together.
+        assert_eq!(shard_ranges(&[3, 3, 3, 3, 12], 2), vec![0..4, 4..5]);
+        // More parts than texts: one text each, none empty.
+        assert_eq!(shard_ranges(&[1, 2, 3], 8), vec![0..1, 1..2, 2..3]);
+        for parts in 1..6 {
+            let lengths: Vec<usize> = (0..23).map(|i| 4 + i * 3).collect();
+            let ranges = shard_ranges(&lengths, parts);
+            assert_eq!(ranges.len(), parts);
+            assert!(ranges.iter().all(|r| !r.is_empty()));
+            assert_eq!(ranges.first().unwrap().start, 0);
+            assert_eq!(ranges.last().unwrap().end, lengths.len());
+            assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
+        }
     }
 
     #[test]
