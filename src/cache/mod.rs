@@ -424,9 +424,15 @@ impl Cache {
         }
         let vector = self.embedder.embed(&req.query).await?;
         let candidates: Vec<Candidate> = if partition.is_graph() {
-            tokio::task::spawn_blocking(move || partition.search(&vector, CANDIDATES))
-                .await
-                .expect("index search panicked")
+            // A graph search is CPU work of a millisecond or more: off the async workers, and
+            // skipped if the caller has gone (its RPC was cancelled) by the time a thread is free.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tokio::task::spawn_blocking(move || {
+                if !tx.is_closed() {
+                    let _ = tx.send(partition.search(&vector, CANDIDATES));
+                }
+            });
+            rx.await.expect("index search panicked")
         } else {
             partition.search(&vector, CANDIDATES)
         };
