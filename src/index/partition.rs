@@ -233,11 +233,16 @@ impl Partition {
 
     /// The `k` nearest live vectors to a unit-length query, most similar first.
     pub fn search(&self, query: &[f32], k: usize) -> Vec<Candidate> {
+        self.search_with_ef(query, k, self.params.ef_search)
+    }
+
+    /// [`Partition::search`] with another HNSW search breadth (`ef`), for tuning it.
+    pub fn search_with_ef(&self, query: &[f32], k: usize, ef: usize) -> Vec<Candidate> {
         let (recent, removed) = match &*self.staged.lock().expect("staged lock") {
-            None => return self.search_inner(query, k),
+            None => return self.search_inner(query, k, ef),
             Some(s) => (s.inserts.search(self.dim, query, k), s.removes.clone()),
         };
-        let mut found = self.search_inner(query, k + removed.len());
+        let mut found = self.search_inner(query, k + removed.len(), ef);
         found.retain(|c| !removed.contains(&c.id));
         found.extend(recent);
         found.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
@@ -245,11 +250,11 @@ impl Partition {
         found
     }
 
-    fn search_inner(&self, query: &[f32], k: usize) -> Vec<Candidate> {
+    fn search_inner(&self, query: &[f32], k: usize, ef: usize) -> Vec<Candidate> {
         match &*self.read() {
             Inner::Flat(flat) => flat.search(self.dim, query, k),
             Inner::Graph(graph) => {
-                let ef = self.params.ef_search.max(k);
+                let ef = ef.max(k);
                 let found = if graph.dead.is_empty() {
                     graph.hnsw.search(query, k, ef)
                 } else {
