@@ -186,6 +186,9 @@ fn model_pool(threads: usize) -> Result<rayon::ThreadPool, EmbedError> {
         .map_err(|e| EmbedError::Load { dir: PathBuf::new(), reason: format!("model threads: {e}") })
 }
 
+/// Longest wait for the rest of a batch; see [`Batcher::fill`].
+const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+
 struct Batcher<'a> {
     model: &'a SentenceModel,
     pool: &'a rayon::ThreadPool,
@@ -197,6 +200,8 @@ struct Batcher<'a> {
 
 impl Batcher<'_> {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        // Texts in the batch before; its callers are likely to send their next request at once.
+        let mut last_batch = 0;
         loop {
             if self.pending.is_empty() {
                 match rx.blocking_recv() {
@@ -204,18 +209,37 @@ impl Batcher<'_> {
                     None => return,
                 }
             }
-            while self.pending.len() < self.config.max_batch.max(1) {
+            self.fill(&mut rx, last_batch);
+            // A caller that went away (cancelled RPC) costs no model time.
+            self.pending.retain(|t| !t.reply.is_closed());
+            let batch = self.next_batch();
+            last_batch = batch.len();
+            if !batch.is_empty() {
+                self.run_batch(batch);
+            }
+        }
+    }
+
+    /// Takes what is waiting, up to `max_batch`. When the batch before was larger than what
+    /// has arrived so far, its callers are most likely sending their next requests right now:
+    /// waiting up to [`LINGER`] for them makes one full batch instead of a batch of one
+    /// followed by the rest (32 clients on 2 cores: batches of 1 were 9% of model time). After
+    /// a batch of one (a lone client) nothing waits, so a single caller never pays for it.
+    fn fill(&mut self, rx: &mut mpsc::Receiver<Job>, last_batch: usize) {
+        let max = self.config.max_batch.max(1);
+        let want = last_batch.min(max);
+        let deadline = std::time::Instant::now() + LINGER;
+        loop {
+            while self.pending.len() < max {
                 match rx.try_recv() {
                     Ok(job) => self.admit(job),
                     Err(_) => break,
                 }
             }
-            // A caller that went away (cancelled RPC) costs no model time.
-            self.pending.retain(|t| !t.reply.is_closed());
-            let batch = self.next_batch();
-            if !batch.is_empty() {
-                self.run_batch(batch);
+            if self.pending.len() >= want || std::time::Instant::now() >= deadline {
+                return;
             }
+            std::thread::sleep(LINGER / 20);
         }
     }
 
@@ -242,12 +266,20 @@ impl Batcher<'_> {
 
     fn run_batch(&self, batch: Vec<Tokenised>) {
         let encodings: Vec<&Encoding> = batch.iter().map(|t| &t.encoding).collect();
+        let started = std::time::Instant::now();
         // A panic inside the model must fail this batch, not kill the thread that every later
         // request depends on (the server would stay SERVING with no model behind it).
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.pool.install(|| self.model.embed_tokenized(&encodings))
         }))
         .unwrap_or_else(|_| Err(EmbedError::Model("the model panicked on this batch".into())));
+        tracing::debug!(
+            texts = batch.len(),
+            tokens = encodings.iter().map(|e| e.len()).sum::<usize>(),
+            waiting = self.pending.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "batch embedded"
+        );
         match result {
             Ok(vectors) => {
                 for (t, v) in batch.into_iter().zip(vectors) {
