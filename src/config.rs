@@ -132,3 +132,43 @@ pub struct ReembedArgs {
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
 }
+
+/// `semcache bench`: load against a running server.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// The server, as a URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+
+    /// Concurrent clients, each on its own connection with one lookup in flight.
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+
+    /// Lookups to send in all.
+    #[arg(long, default_value_t = 2000)]
+    pub requests: u64,
+
+    /// Share of lookups that repeat a stored query word for word (hits); the rest are new
+    /// questions (misses, each a forward pass of the model).
+    #[arg(long, default_value_t = 0.5, value_parser = ratio)]
+    pub hit_ratio: f64,
+
+    /// Queries stored before the run for the repeats to hit.
+    #[arg(long, default_value_t = 100)]
+    pub entries: u64,
+
+    /// Namespace the run uses; dropped at the end unless --keep.
+    #[arg(long, default_value = "semcache-bench")]
+    pub namespace: String,
+
+    /// Keep the namespace and its entries after the run.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+fn ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio between 0 and 1")),
+    }
+}

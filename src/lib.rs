@@ -10,6 +10,7 @@ pub mod config;
 pub mod embed;
 pub mod grpc;
 pub mod index;
+pub mod load;
 pub mod server;
 pub mod store;
 

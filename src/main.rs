@@ -2,8 +2,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use semcache::cache::reembed;
-use semcache::config::{ReembedArgs, ServeArgs};
+use semcache::config::{BenchArgs, ReembedArgs, ServeArgs};
 use semcache::embed::{check_model_dir, device, ModelInfo, SentenceModel};
+use semcache::load::{self, LoadConfig};
 use semcache::store::Store;
 use tracing_subscriber::EnvFilter;
 
@@ -22,6 +23,9 @@ enum Command {
     /// Re-embed stored queries with the given model, so that namespaces made with another
     /// model serve again. Run it with the server stopped.
     Reembed(ReembedArgs),
+    /// Drive a running server with concurrent clients and report throughput and latency
+    /// percentiles, to size a deployment.
+    Bench(BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +46,7 @@ async fn run() -> anyhow::Result<()> {
             semcache::server::run(args, listener, shutdown_signal()).await?;
         }
         Command::Reembed(args) => tokio::task::spawn_blocking(move || run_reembed(args)).await??,
+        Command::Bench(args) => run_bench(args).await?,
     }
     Ok(())
 }
@@ -69,6 +74,40 @@ fn run_reembed(args: ReembedArgs) -> anyhow::Result<()> {
         let done = reembed::run(&store, &model, &namespace, args.batch_size, |n| bar.set_position(n))?;
         bar.finish();
         println!("{namespace}: {done} entries re-embedded with {}", model.info().fingerprint);
+    }
+    Ok(())
+}
+
+async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    let config = LoadConfig {
+        clients: args.clients.max(1),
+        requests: args.requests,
+        hit_ratio: args.hit_ratio,
+        entries: args.entries,
+        namespace: args.namespace.clone(),
+    };
+    let mut client = load::connect(&args.addr).await?;
+    println!(
+        "{} clients, {} lookups ({:.0}% repeats of {} stored queries) against {}, namespace {:?}",
+        config.clients,
+        config.requests,
+        config.hit_ratio * 100.0,
+        config.entries,
+        args.addr,
+        config.namespace
+    );
+    load::seed(&mut client, &config).await?;
+    let bar = ProgressBar::new(config.requests).with_style(
+        ProgressStyle::with_template("[{bar:40}] {pos}/{len} lookups, {per_sec}, eta {eta}")?.progress_chars("=> "),
+    );
+    let progress_bar = bar.clone();
+    // New questions start past the stored ones and, very likely, past earlier runs' questions.
+    let fresh = 6_400 * (1 + (semcache::cache::now_unix_ms() as u64 / 1_000) % 100_000);
+    let report = load::run(&args.addr, &config, fresh, std::sync::Arc::new(move || progress_bar.inc(1))).await?;
+    bar.finish_and_clear();
+    println!("{}", load::render(&report));
+    if !args.keep {
+        load::drop_namespace(&mut client, &config.namespace).await?;
     }
     Ok(())
 }
