@@ -1,5 +1,7 @@
-//! In-process embedding time: one short query, and batches of 8 and 32 realistic queries.
-//! Needs the model (`models/fetch.sh`). `cargo bench --bench embed`.
+//! In-process embedding time: one short query, and batches of 8 and 32 realistic queries
+//! (sharded across all cores, as the server runs them), and the batch of 32 on one thread.
+//! Needs the model (`models/fetch.sh`). `cargo bench --bench embed`; the PyTorch reference
+//! on the same texts is `benches/torch_embed.py`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use semcache::embed::{ModelInfo, SentenceModel};
@@ -38,6 +40,13 @@ fn bench(c: &mut Criterion) {
             b.iter(|| model.embed(batch).unwrap())
         });
     }
+    // The same batch on one thread: what a core does alone, and so what sharding across
+    // threads scales from.
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let batch: Vec<&str> = QUERIES.iter().cycle().take(32).copied().collect();
+    group.bench_with_input(BenchmarkId::new("batch_one_thread", 32), &batch, |b, batch| {
+        b.iter(|| one.install(|| model.embed(batch).unwrap()))
+    });
     group.finish();
 }
 
