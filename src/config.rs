@@ -91,6 +91,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SEMCACHE_EXACT_SCAN_LIMIT", default_value_t = 4096)]
     pub exact_scan_limit: usize,
 
+    /// Breadth of an HNSW graph search (ef): higher finds the true nearest entry more often
+    /// and costs proportionally more time (`cargo bench --bench index` measures both).
+    #[arg(long, env = "SEMCACHE_EF_SEARCH", default_value_t = 64)]
+    pub ef_search: usize,
+
     /// Milliseconds between expiry sweeps and capacity checks. Expired entries are never
     /// served even before a sweep purges them.
     #[arg(long, env = "SEMCACHE_SWEEP_INTERVAL_MS", default_value_t = 1000)]

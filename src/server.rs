@@ -36,6 +36,9 @@ fn check_args(args: &ServeArgs) -> Result<(), ServeError> {
     if args.max_batch == 0 || args.max_queue == 0 || args.max_batch_tokens == 0 {
         return Err(ServeError::Config("--max-batch, --max-batch-tokens and --max-queue must be at least 1".into()));
     }
+    if args.ef_search == 0 {
+        return Err(ServeError::Config("--ef-search must be at least 1".into()));
+    }
     if args.sweep_interval_ms == 0 || args.checkpoint_interval_seconds == 0 {
         return Err(ServeError::Config(
             "--sweep-interval-ms and --checkpoint-interval-seconds must be at least 1".into(),
@@ -76,9 +79,10 @@ pub async fn run(
     let limits = Limits { max_query_bytes: args.max_query_bytes, max_response_bytes: args.max_response_bytes };
     let data_dir = args.data_dir.clone();
     let exact_scan_limit = args.exact_scan_limit;
+    let ef_search = args.ef_search;
     let cache = tokio::task::spawn_blocking(move || {
         let store = Store::open(&data_dir).map_err(CacheError::from)?;
-        let params = IndexParams { flat_limit: exact_scan_limit, ..IndexParams::default() };
+        let params = IndexParams { flat_limit: exact_scan_limit, ef_search, ..IndexParams::default() };
         Cache::open(store, embedder, params, defaults, limits)
     })
     .await
