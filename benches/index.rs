@@ -6,6 +6,9 @@
 //! sizes; `SEMCACHE_INDEX_GRAPHS=<dir>` keeps each built graph there (as a server checkpoint)
 //! and reloads it next time, which makes repeated 1M runs take seconds instead of an hour.
 //!
+//! `SEMCACHE_INDEX_PAIRS=<similiar_qqp_full.json>` adds a run on real sentence vectors (see
+//! `real_sentences`); it needs the model.
+//!
 //! Vectors are seeded random unit vectors (384-d, the default model's size). Two query sets:
 //! - `near`: a stored vector moved to cosine ~0.9 from it, as a paraphrase of a cached query
 //!   is; the true neighbour is that vector. This is the case a cache hit depends on.
@@ -13,6 +16,7 @@
 //!   The hardest case for a graph, and in a cache a miss either way (similarity ~0.2).
 
 use rayon::prelude::*;
+use semcache::embed::{ModelInfo, SentenceModel};
 use semcache::index::{checkpoint, dot, seeded_unit_vector, IndexParams, Partition};
 use semcache::store::keys;
 use std::collections::HashSet;
@@ -55,8 +59,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn partition(n: usize, vectors: &[Vec<f32>], graphs: Option<&PathBuf>) -> Partition {
-    let namespace: Arc<str> = Arc::from(format!("bench-{n}").as_str());
+fn partition(name: &str, n: usize, vectors: &[Vec<f32>], graphs: Option<&PathBuf>) -> Partition {
+    let namespace: Arc<str> = Arc::from(format!("{name}-{n}").as_str());
     let scope = keys::scope_id(&Default::default());
     let params = IndexParams { flat_limit: 0, ..IndexParams::default() };
     if let Some(dir) = graphs {
@@ -85,7 +89,12 @@ fn main() {
     }
     let sizes: Vec<usize> = std::env::var("SEMCACHE_INDEX_SIZES")
         .ok()
-        .map(|s| s.split(',').map(|n| n.trim().parse().expect("SEMCACHE_INDEX_SIZES: numbers")).collect())
+        .map(|s| {
+            s.split(',')
+                .filter(|n| !n.trim().is_empty())
+                .map(|n| n.trim().parse().expect("SEMCACHE_INDEX_SIZES: numbers"))
+                .collect()
+        })
         .unwrap_or_else(|| vec![10_000, 100_000]);
     let graphs = std::env::var_os("SEMCACHE_INDEX_GRAPHS").map(PathBuf::from);
     println!("index search, {DIM}-d, M=16, ef_construction=200, {QUERIES} queries per set, 1 thread per search");
@@ -93,7 +102,7 @@ fn main() {
     for n in sizes {
         println!("{n} vectors:");
         let vectors: Vec<Vec<f32>> = (1..=n as u64).map(|id| seeded_unit_vector(id, DIM)).collect();
-        let p = partition(n, &vectors, graphs.as_ref());
+        let p = partition("random", n, &vectors, graphs.as_ref());
         let near: Vec<Vec<f32>> = (0..QUERIES as u64)
             .map(|i| {
                 let target = (i * 7_919) % n as u64;
@@ -101,25 +110,82 @@ fn main() {
             })
             .collect();
         let random: Vec<Vec<f32>> = (0..QUERIES as u64).map(|i| seeded_unit_vector(20_000_000 + i, DIM)).collect();
-        for (name, queries) in [("near", &near), ("random", &random)] {
-            let truth = brute_force(&vectors, queries);
-            for ef in EFS {
-                let mut times = Vec::with_capacity(queries.len());
-                let mut correct = 0;
-                for (q, want) in queries.iter().zip(&truth) {
-                    let started = Instant::now();
-                    let found = p.search_with_ef(q, 1, ef);
-                    times.push(started.elapsed().as_secs_f64() * 1e6);
-                    correct += usize::from(found.first().map(|c| c.id) == Some(*want));
-                }
-                times.sort_by(f64::total_cmp);
-                println!(
-                    "{n:>9} {name:>7} {ef:>5} {:>10.0} {:>10.0} {:>9.3}",
-                    percentile(&times, 0.5),
-                    percentile(&times, 0.99),
-                    correct as f64 / queries.len() as f64
-                );
+        report(n, &p, &vectors, &[("near", &near), ("random", &random)]);
+    }
+    if let Some(pairs) = std::env::var_os("SEMCACHE_INDEX_PAIRS") {
+        real_sentences(PathBuf::from(pairs), graphs.as_ref());
+    }
+}
+
+fn report(n: usize, p: &Partition, vectors: &[Vec<f32>], sets: &[(&str, &Vec<Vec<f32>>)]) {
+    for (name, queries) in sets {
+        let truth = brute_force(vectors, queries);
+        for ef in EFS {
+            let mut times = Vec::with_capacity(queries.len());
+            let mut correct = 0;
+            for (q, want) in queries.iter().zip(&truth) {
+                let started = Instant::now();
+                let found = p.search_with_ef(q, 1, ef);
+                times.push(started.elapsed().as_secs_f64() * 1e6);
+                correct += usize::from(found.first().map(|c| c.id) == Some(*want));
             }
+            times.sort_by(f64::total_cmp);
+            println!(
+                "{n:>9} {name:>7} {ef:>5} {:>10.0} {:>10.0} {:>9.3}",
+                percentile(&times, 0.5),
+                percentile(&times, 0.99),
+                correct as f64 / queries.len() as f64
+            );
         }
     }
+}
+
+#[derive(serde::Deserialize)]
+struct Pair {
+    text_a: String,
+    text_b: String,
+    label: u8,
+}
+
+/// Real sentence vectors: the distinct first questions of a pair file (GPTCache's QQP sample,
+/// `{text_a, text_b, label}` objects) embedded with the default model are stored; the second
+/// questions of duplicate pairs are the queries (`para`), as paraphrases reach a cache. The
+/// embeddings are kept beside the graphs when `SEMCACHE_INDEX_GRAPHS` is set.
+fn real_sentences(path: PathBuf, graphs: Option<&PathBuf>) {
+    let pairs: Vec<Pair> = serde_json::from_slice(&std::fs::read(&path).expect("read the pair file")).expect("pairs");
+    let mut seen = HashSet::new();
+    let stored: Vec<&str> = pairs.iter().map(|p| p.text_a.as_str()).filter(|t| seen.insert(*t)).collect();
+    let queries: Vec<&str> =
+        pairs.iter().filter(|p| p.label == 1).map(|p| p.text_b.as_str()).step_by(7).take(QUERIES).collect();
+    let cache = graphs.map(|d| d.join(format!("qqp-{}-vectors.bin", stored.len())));
+    let all: Vec<&str> = stored.iter().chain(&queries).copied().collect();
+    let vectors = match cache.as_ref().and_then(|c| std::fs::read(c).ok()) {
+        Some(bytes) => bytes
+            .chunks_exact(DIM * 4)
+            .map(|v| v.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect())
+            .collect(),
+        None => {
+            let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/all-MiniLM-L6-v2"));
+            let info = ModelInfo::read(&dir).expect("the model (models/fetch.sh)");
+            let model = SentenceModel::load(&dir, info, candle_core::Device::Cpu).expect("load the model");
+            let started = Instant::now();
+            let mut out: Vec<Vec<f32>> = Vec::with_capacity(all.len());
+            for chunk in all.chunks(64) {
+                out.extend(model.embed(chunk).expect("embed"));
+                if out.len() % 6_400 == 0 {
+                    println!("  embedded {}/{} ({:.0} s)", out.len(), all.len(), started.elapsed().as_secs_f64());
+                }
+            }
+            if let Some(c) = &cache {
+                let bytes: Vec<u8> = out.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
+                std::fs::write(c, bytes).expect("keep the vectors");
+            }
+            out
+        }
+    };
+    let (stored_vectors, query_vectors) = vectors.split_at(stored.len());
+    let n = stored_vectors.len();
+    println!("{n} real questions ({}), {} paraphrase queries:", path.display(), query_vectors.len());
+    let p = partition("qqp", n, stored_vectors, graphs);
+    report(n, &p, stored_vectors, &[("para", &query_vectors.to_vec())]);
 }
