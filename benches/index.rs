@@ -172,7 +172,7 @@ fn real_sentences(path: PathBuf, graphs: Option<&PathBuf>) {
             let mut out: Vec<Vec<f32>> = Vec::with_capacity(all.len());
             for chunk in all.chunks(64) {
                 out.extend(model.embed(chunk).expect("embed"));
-                if out.len() % 6_400 == 0 {
+                if out.len().is_multiple_of(6_400) {
                     println!("  embedded {}/{} ({:.0} s)", out.len(), all.len(), started.elapsed().as_secs_f64());
                 }
             }

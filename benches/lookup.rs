@@ -197,7 +197,7 @@ fn main() {
         search.p50.as_secs_f64() * 1e3
     );
     println!(
-        "  an exact-repeat hit (gRPC round trip, validation, two RocksDB reads) {:.3}; the rest of the miss, {:.3}, is the hand-off to the model thread and back",
+        "  an exact-repeat hit (gRPC round trip, validation, two RocksDB reads) {:.3}; the rest of the miss, {:.3}, is gRPC, RocksDB and waking threads around the model call",
         exact.p50.as_secs_f64() * 1e3,
         (miss.p50.as_secs_f64() - tokenize.p50.as_secs_f64() - forward.p50.as_secs_f64() - exact.p50.as_secs_f64()) * 1e3
     );
