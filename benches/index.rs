@@ -102,7 +102,7 @@ fn main() {
     for n in sizes {
         println!("{n} vectors:");
         let vectors: Vec<Vec<f32>> = (1..=n as u64).map(|id| seeded_unit_vector(id, DIM)).collect();
-        let p = partition("random", n, &vectors, graphs.as_ref());
+        let p = partition("bench", n, &vectors, graphs.as_ref());
         let near: Vec<Vec<f32>> = (0..QUERIES as u64)
             .map(|i| {
                 let target = (i * 7_919) % n as u64;
