@@ -18,6 +18,7 @@
 use rayon::prelude::*;
 use semcache::embed::{ModelInfo, SentenceModel};
 use semcache::index::{checkpoint, dot, seeded_unit_vector, IndexParams, Partition};
+use semcache::load::Latencies;
 use semcache::store::keys;
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -53,10 +54,6 @@ fn brute_force(vectors: &[Vec<f32>], queries: &[Vec<f32>]) -> Vec<u64> {
             best as u64 + 1
         })
         .collect()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn partition(name: &str, n: usize, vectors: &[Vec<f32>], graphs: Option<&PathBuf>) -> Partition {
@@ -126,14 +123,15 @@ fn report(n: usize, p: &Partition, vectors: &[Vec<f32>], sets: &[(&str, &Vec<Vec
             for (q, want) in queries.iter().zip(&truth) {
                 let started = Instant::now();
                 let found = p.search_with_ef(q, 1, ef);
-                times.push(started.elapsed().as_secs_f64() * 1e6);
+                times.push(started.elapsed());
                 correct += usize::from(found.first().map(|c| c.id) == Some(*want));
             }
-            times.sort_by(f64::total_cmp);
+            let times = Latencies::new(times);
+            let micros = |p: f64| times.quantile(p).expect("samples").as_secs_f64() * 1e6;
             println!(
                 "{n:>9} {name:>7} {ef:>5} {:>10.0} {:>10.0} {:>9.3}",
-                percentile(&times, 0.5),
-                percentile(&times, 0.99),
+                micros(0.5),
+                micros(0.99),
                 correct as f64 / queries.len() as f64
             );
         }

@@ -11,7 +11,7 @@
 use semcache::config::ServeArgs;
 use semcache::embed::{ModelInfo, SentenceModel};
 use semcache::index::{seeded_unit_vector, IndexParams, Partition};
-use semcache::load::{self, LoadConfig};
+use semcache::load::{self, Latencies, LoadConfig};
 use semcache::proto::semantic_cache_client::SemanticCacheClient;
 use semcache::proto::{LookupRequest, StoreRequest};
 use semcache::store::keys;
@@ -30,30 +30,20 @@ fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-struct Figure {
-    p50: Duration,
-    p95: Duration,
-    p99: Duration,
+/// A quantile in milliseconds.
+fn ms(l: &Latencies, p: f64) -> f64 {
+    l.quantile(p).expect("samples").as_secs_f64() * 1e3
 }
 
-impl Figure {
-    fn of(mut samples: Vec<Duration>) -> Self {
-        samples.sort();
-        let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
-        Self { p50: at(0.5), p95: at(0.95), p99: at(0.99) }
-    }
-
-    fn row(&self, name: &str) -> String {
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        format!("{name:<34} {:>9.3} {:>9.3} {:>9.3}", ms(self.p50), ms(self.p95), ms(self.p99))
-    }
+fn row(name: &str, l: &Latencies) -> String {
+    format!("{name:<34} {:>9.3} {:>9.3} {:>9.3}", ms(l, 0.5), ms(l, 0.95), ms(l, 0.99))
 }
 
-fn time_each(n: u64, mut f: impl FnMut()) -> Figure {
+fn time_each(n: u64, mut f: impl FnMut()) -> Latencies {
     for _ in 0..n.div_ceil(10) {
         f(); // warm-up
     }
-    Figure::of(
+    Latencies::new(
         (0..n)
             .map(|_| {
                 let started = Instant::now();
@@ -137,7 +127,7 @@ fn main() {
             miss.push(started.elapsed());
         }
     }
-    let (embed, miss) = (Figure::of(embed), Figure::of(miss));
+    let (embed, miss) = (Latencies::new(embed), Latencies::new(miss));
     // Parts of a miss, one at a time: tokenising, the forward pass, and an exact scan of a
     // partition at the exact-scan limit (the largest one not searched through a graph).
     let tokenize = time_each(samples, || {
@@ -166,7 +156,7 @@ fn main() {
     let batch32 = time_each(20, || {
         pool.install(|| model.embed(&batch).expect("embed"));
     });
-    let batched_per_s = 32.0 / batch32.p50.as_secs_f64();
+    let batched_per_s = 32.0 * 1e3 / ms(&batch32, 0.5);
     drop(model);
 
     let semantic = time_each(samples, || assert!(lookup(&rt, &client, PARAPHRASE)));
@@ -177,34 +167,34 @@ fn main() {
 
     println!("\nlookup over loopback gRPC, {threads} model threads; latency in ms ({samples} requests each)");
     println!("{:<34} {:>9} {:>9} {:>9}", "", "p50", "p95", "p99");
-    println!("{}", embed.row("in-process embed of the miss query"));
-    println!("{}", miss.row("miss lookup (same query)"));
-    println!("{}", semantic.row("semantic hit lookup (paraphrase)"));
-    println!("{}", exact.row("exact-repeat hit lookup"));
-    println!("{}", batch32.row("in-process embed, batch of 32"));
+    println!("{}", row("in-process embed of the miss query", &embed));
+    println!("{}", row("miss lookup (same query)", &miss));
+    println!("{}", row("semantic hit lookup (paraphrase)", &semantic));
+    println!("{}", row("exact-repeat hit lookup", &exact));
+    println!("{}", row("in-process embed, batch of 32", &batch32));
     println!(
         "\n32 clients, {} misses: {:.1} lookups/s (p50 {:.1} ms, p99 {:.1} ms); best batched embed {:.1} texts/s",
         report.answered(),
         report.throughput(),
-        report.all().quantile(0.5).unwrap_or_default().as_secs_f64() * 1e3,
-        report.all().quantile(0.99).unwrap_or_default().as_secs_f64() * 1e3,
+        ms(&report.all(), 0.5),
+        ms(&report.all(), 0.99),
         batched_per_s
     );
     println!(
         "\nwhere a miss goes (p50, ms): tokenise {:.3}, forward pass {:.3}, exact scan of {scan_limit} vectors {:.3};",
-        tokenize.p50.as_secs_f64() * 1e3,
-        forward.p50.as_secs_f64() * 1e3,
-        search.p50.as_secs_f64() * 1e3
+        ms(&tokenize, 0.5),
+        ms(&forward, 0.5),
+        ms(&search, 0.5)
     );
     println!(
         "  an exact-repeat hit (gRPC round trip, validation, two RocksDB reads) {:.3}; the rest of the miss, {:.3}, is gRPC, RocksDB and waking threads around the model call",
-        exact.p50.as_secs_f64() * 1e3,
-        (miss.p50.as_secs_f64() - tokenize.p50.as_secs_f64() - forward.p50.as_secs_f64() - exact.p50.as_secs_f64()) * 1e3
+        ms(&exact, 0.5),
+        ms(&miss, 0.5) - ms(&tokenize, 0.5) - ms(&forward, 0.5) - ms(&exact, 0.5)
     );
     println!("\nratios (targets in brackets)");
-    println!("miss p50 / embed p50            {:.3}  [<= 1.10]", miss.p50.as_secs_f64() / embed.p50.as_secs_f64());
+    println!("miss p50 / embed p50            {:.3}  [<= 1.10]", ms(&miss, 0.5) / ms(&embed, 0.5));
     println!("32-client / batched throughput  {:.3}  [>= 0.85]", report.throughput() / batched_per_s);
-    println!("exact-repeat hit p50            {:.3} ms  [<= 0.3 ms]", exact.p50.as_secs_f64() * 1e3);
+    println!("exact-repeat hit p50            {:.3} ms  [<= 0.3 ms]", ms(&exact, 0.5));
 
     let _ = stop.send(());
     server_rt.block_on(server).expect("server task").expect("server");

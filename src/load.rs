@@ -25,14 +25,14 @@ pub struct LoadConfig {
     pub namespace: String,
 }
 
-/// Latencies of one kind of request, in microseconds, sorted.
+/// Latencies of one kind of request, sorted.
 #[derive(Debug, Clone, Default)]
-pub struct Latencies(Vec<u64>);
+pub struct Latencies(Vec<Duration>);
 
 impl Latencies {
-    fn from_unsorted(mut v: Vec<u64>) -> Self {
-        v.sort_unstable();
-        Self(v)
+    pub fn new(mut samples: Vec<Duration>) -> Self {
+        samples.sort_unstable();
+        Self(samples)
     }
 
     pub fn len(&self) -> usize {
@@ -47,7 +47,7 @@ impl Latencies {
     pub fn quantile(&self, p: f64) -> Option<Duration> {
         let last = self.0.len().checked_sub(1)?;
         let rank = (p.clamp(0.0, 1.0) * last as f64).round() as usize;
-        Some(Duration::from_micros(self.0[rank]))
+        Some(self.0[rank])
     }
 }
 
@@ -73,7 +73,7 @@ impl LoadReport {
     }
 
     pub fn all(&self) -> Latencies {
-        Latencies::from_unsorted(self.hits.0.iter().chain(&self.misses.0).copied().collect())
+        Latencies::new(self.hits.0.iter().chain(&self.misses.0).copied().collect())
     }
 }
 
@@ -198,11 +198,11 @@ pub async fn run(
                     let request = LookupRequest { namespace: config.namespace.clone(), query, ..Default::default() };
                     match client.lookup(request).await {
                         Ok(resp) => {
-                            let micros = sent.elapsed().as_micros() as u64;
+                            let took = sent.elapsed();
                             if resp.into_inner().hit {
-                                hits.push(micros)
+                                hits.push(took)
                             } else {
-                                misses.push(micros)
+                                misses.push(took)
                             }
                             progress();
                         }
@@ -231,8 +231,8 @@ pub async fn run(
     let errors = errors.lock().expect("errors lock").clone();
     Ok(LoadReport {
         elapsed: started.elapsed(),
-        hits: Latencies::from_unsorted(hits),
-        misses: Latencies::from_unsorted(misses),
+        hits: Latencies::new(hits),
+        misses: Latencies::new(misses),
         refused: refused.load(Ordering::Relaxed),
         errors,
     })
@@ -292,7 +292,7 @@ mod tests {
 
     #[test]
     fn quantiles_by_nearest_rank() {
-        let l = Latencies::from_unsorted((1..=100).rev().collect());
+        let l = Latencies::new((1..=100).rev().map(Duration::from_micros).collect());
         assert_eq!(l.quantile(0.5), Some(Duration::from_micros(51)));
         assert_eq!(l.quantile(0.99), Some(Duration::from_micros(99)));
         assert_eq!(l.quantile(1.0), Some(Duration::from_micros(100)));

@@ -183,7 +183,7 @@ fn model_pool(threads: usize) -> Result<rayon::ThreadPool, EmbedError> {
         .num_threads(threads)
         .thread_name(|i| format!("semcache-model-{i}"))
         .build()
-        .map_err(|e| EmbedError::Load { dir: PathBuf::new(), reason: format!("model threads: {e}") })
+        .map_err(|e| EmbedError::Device(format!("cannot start {threads} model threads: {e}")))
 }
 
 /// Longest wait for the rest of a batch; see [`Batcher::fill`].
