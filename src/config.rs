@@ -64,6 +64,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SEMCACHE_DEFAULT_THRESHOLD", default_value_t = crate::cache::DEFAULT_THRESHOLD)]
     pub default_threshold: f32,
 
+    /// Whether namespaces that did not choose have hit guards on: the nearest entry is refused
+    /// when it differs from the query in a number, a negation or one swapped word.
+    #[arg(long, env = "SEMCACHE_HIT_GUARDS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub hit_guards: bool,
+
     /// Entry lifetime in seconds given to namespaces created without one (0 = forever).
     #[arg(long, env = "SEMCACHE_DEFAULT_TTL_SECONDS", default_value_t = 0)]
     pub default_ttl_seconds: u64,

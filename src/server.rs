@@ -75,6 +75,7 @@ pub async fn run(
         similarity_threshold: args.default_threshold,
         ttl_seconds: args.default_ttl_seconds,
         max_bytes: args.max_bytes,
+        hit_guards: args.hit_guards,
     };
     let limits = Limits { max_query_bytes: args.max_query_bytes, max_response_bytes: args.max_response_bytes };
     let data_dir = args.data_dir.clone();

@@ -26,6 +26,8 @@ async fn everything_survives_a_restart() {
         similarity_threshold: Some(0.7),
         ttl_seconds: Some(3600),
         max_entries: Some(100),
+        threshold_floor: Some(0.6),
+        hit_guards: Some(false),
     })
     .await
     .unwrap();
@@ -47,6 +49,7 @@ async fn everything_survives_a_restart() {
 
     let ns = c.get_namespace(GetNamespaceRequest { name: "support".into() }).await.unwrap().into_inner();
     assert_eq!((ns.similarity_threshold, ns.ttl_seconds, ns.max_entries, ns.entries), (0.7, 3600, 100, 2));
+    assert_eq!((ns.threshold_floor, ns.hit_guards), (0.6, false));
 
     // Ids keep growing across restarts; none is reused.
     let next = store(&mut c, store_req("support", "Do you ship abroad?", "yes")).await;

@@ -2,6 +2,8 @@
 //! settings, scopes, thresholds and expiry live here; the model, the index and RocksDB are
 //! reached only through this module.
 
+pub mod context;
+pub mod guard;
 mod ledger;
 mod maintenance;
 mod normalize;
@@ -9,6 +11,7 @@ pub mod reembed;
 pub mod validate;
 
 pub use crate::store::EntryRecord as Entry;
+pub use guard::Veto;
 pub use maintenance::{Maintenance, MaintenanceSettings};
 pub use normalize::normalize;
 pub use validate::Limits;
@@ -75,6 +78,8 @@ pub struct Defaults {
     /// Bytes the whole data set may hold (0 = unbounded); beyond, the least recently used
     /// entries of any namespace are evicted.
     pub max_bytes: u64,
+    /// Whether namespaces that never chose have hit guards on.
+    pub hit_guards: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -83,6 +88,32 @@ pub struct LookupRequest {
     pub query: String,
     pub scope: BTreeMap<String, String>,
     pub similarity_threshold: Option<f32>,
+    /// Earlier turns of the conversation, or the caller's own `context_key` (not both).
+    pub context: Vec<String>,
+    pub context_key: String,
+}
+
+/// Why a lookup missed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MissReason {
+    /// A hit.
+    #[default]
+    None,
+    /// Nothing live in this namespace, scope and context.
+    Empty,
+    BelowThreshold,
+    /// The nearest entry cleared the threshold but a hit guard refused it.
+    Vetoed,
+    /// A generic follow-up ("why?") without a context to give it a meaning.
+    NeedsContext,
+}
+
+/// The nearest entry, which cleared the threshold and was refused by a guard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardVeto {
+    pub id: u64,
+    pub similarity: f32,
+    pub veto: Veto,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -91,6 +122,11 @@ pub struct LookupOutcome {
     /// Best live candidate's similarity, hit or miss (0 when there was none).
     pub similarity: f32,
     pub nearest_id: Option<u64>,
+    /// The threshold this lookup used (the namespace's, or the request's raised to the floor).
+    pub threshold: f32,
+    /// Set when the nearest entry cleared the threshold and a hit guard refused it.
+    pub veto: Option<GuardVeto>,
+    pub miss_reason: MissReason,
     /// Whether the answer came from the exact-repeat path without running the model.
     pub exact: bool,
     /// Hits of the returned entry, this one included.
@@ -119,6 +155,8 @@ pub struct StoreRequest {
     pub metadata: BTreeMap<String, String>,
     pub ttl_seconds: Option<u64>,
     pub usage: Usage,
+    pub context: Vec<String>,
+    pub context_key: String,
 }
 
 #[derive(Debug, Clone)]
@@ -134,12 +172,16 @@ pub struct NamespaceUpdate {
     pub similarity_threshold: Option<f32>,
     pub ttl_seconds: Option<u64>,
     pub max_entries: Option<u64>,
+    pub threshold_floor: Option<f32>,
+    pub hit_guards: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
 pub struct NamespaceView {
     pub settings: NamespaceRecord,
     pub entries: u64,
+    /// Whether hit guards are on (its own choice, or the server default).
+    pub hit_guards: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -379,6 +421,7 @@ impl Cache {
         if let Some(t) = req.similarity_threshold {
             validate::threshold("similarity_threshold", t)?;
         }
+        let context = context::key(&req.context, &req.context_key)?;
         let ns = self.namespace(&req.namespace);
         if let Some(ns) = &ns {
             self.usable(ns, &req.namespace)?;
@@ -388,8 +431,15 @@ impl Cache {
             Counters::bump(&ns.counters.lookups);
         }
         let outcome = match &ns {
-            Some(ns) => self.find(ns, &req).await?,
-            None => LookupOutcome::default(),
+            // A generic follow-up means something only in its conversation.
+            Some(_) if context.is_none() && context::is_generic(&req.query) => {
+                LookupOutcome { miss_reason: MissReason::NeedsContext, ..Default::default() }
+            }
+            Some(ns) => {
+                let scope = context::scoped(req.scope.clone(), context);
+                self.find(ns, &req, &scope).await?
+            }
+            None => LookupOutcome { miss_reason: MissReason::Empty, ..Default::default() },
         };
         self.totals.outcome(outcome.hit());
         if let Some(ns) = &ns {
@@ -400,27 +450,43 @@ impl Cache {
 
     /// A hit: counted and made most recently used in memory only (flushed lazily). An entry
     /// removed between the read and now is not served.
-    fn hit(&self, entry: Entry, similarity: f32, exact: bool, now: i64) -> LookupOutcome {
-        let nearest_id = Some(entry.id);
+    fn hit(&self, mut outcome: LookupOutcome, entry: Entry, now: i64) -> LookupOutcome {
         match self.ledger.touch(entry.id, now) {
-            Some(hit_count) => LookupOutcome { entry: Some(entry), similarity, nearest_id, exact, hit_count },
-            None => LookupOutcome { similarity, nearest_id, ..Default::default() },
+            Some(hit_count) => {
+                outcome.hit_count = hit_count;
+                outcome.entry = Some(entry);
+            }
+            None => outcome.miss_reason = MissReason::Empty,
         }
+        outcome
     }
 
-    async fn find(self: &Arc<Self>, ns: &NamespaceState, req: &LookupRequest) -> Result<LookupOutcome, CacheError> {
-        let threshold = req.similarity_threshold.unwrap_or_else(|| ns.read(|r| r.similarity_threshold));
+    async fn find(
+        self: &Arc<Self>,
+        ns: &NamespaceState,
+        req: &LookupRequest,
+        scope: &BTreeMap<String, String>,
+    ) -> Result<LookupOutcome, CacheError> {
+        let (threshold, floor, guards) =
+            ns.read(|r| (r.similarity_threshold, r.threshold_floor, r.hit_guards.unwrap_or(self.defaults.hit_guards)));
+        // A per-request threshold may be stricter than the namespace's, never laxer than its floor.
+        let threshold = req.similarity_threshold.map_or(threshold, |t| t.max(floor));
+        let mut outcome = LookupOutcome { threshold, miss_reason: MissReason::Empty, ..Default::default() };
         let now = now_unix_ms();
-        let exact = keys::exact_key(&req.namespace, &req.scope, &normalize(&req.query));
-        if let Some(entry) = self.exact_entry(&exact, &req.scope, now)? {
-            return Ok(self.hit(entry, 1.0, true, now));
+        let exact = keys::exact_key(&req.namespace, scope, &normalize(&req.query));
+        if let Some(entry) = self.exact_entry(&exact, scope, now)? {
+            outcome.similarity = 1.0;
+            outcome.nearest_id = Some(entry.id);
+            outcome.exact = true;
+            outcome.miss_reason = MissReason::None;
+            return Ok(self.hit(outcome, entry, now));
         }
         // An empty partition is a miss without spending a forward pass.
-        let Some(partition) = self.index.partition(&req.namespace, &keys::scope_id(&req.scope)) else {
-            return Ok(LookupOutcome::default());
+        let Some(partition) = self.index.partition(&req.namespace, &keys::scope_id(scope)) else {
+            return Ok(outcome);
         };
         if partition.is_empty() {
-            return Ok(LookupOutcome::default());
+            return Ok(outcome);
         }
         let vector = self.embedder.embed(&req.query).await?;
         let candidates: Vec<Candidate> = if partition.is_graph() {
@@ -439,16 +505,31 @@ impl Cache {
         for c in candidates {
             let Some(entry) = self.store.get_entry(&req.namespace, c.id)? else { continue };
             // Expired but not yet swept: never served.
-            if !entry.is_live(now) || entry.scope != req.scope {
+            if !entry.is_live(now) || &entry.scope != scope {
                 continue;
             }
             let similarity = c.similarity.clamp(-1.0, 1.0);
-            if similarity >= threshold {
-                return Ok(self.hit(entry, similarity, false, now));
+            if outcome.nearest_id.is_none() {
+                outcome.similarity = similarity;
+                outcome.nearest_id = Some(entry.id);
+                outcome.miss_reason = MissReason::BelowThreshold;
             }
-            return Ok(LookupOutcome { similarity, nearest_id: Some(entry.id), ..Default::default() });
+            if similarity < threshold {
+                break;
+            }
+            // A vetoed nearest entry is a miss: the candidates behind it are further from the
+            // query and, measured on every data set, served more wrong answers than right ones.
+            if guards {
+                if let Some(veto) = guard::check(&guard::Words::of(&req.query), &guard::Words::of(&entry.query)) {
+                    outcome.veto = Some(GuardVeto { id: entry.id, similarity, veto });
+                    outcome.miss_reason = MissReason::Vetoed;
+                    break;
+                }
+            }
+            outcome.miss_reason = MissReason::None;
+            return Ok(self.hit(outcome, entry, now));
         }
-        Ok(LookupOutcome::default())
+        Ok(outcome)
     }
 
     /// Caches a response; returns the new entry's id once it is durable.
@@ -458,6 +539,7 @@ impl Cache {
         validate::text("response", &req.response, self.limits.max_response_bytes)?;
         validate::map("scope", &req.scope, validate::MAX_SCOPE_ENTRIES)?;
         validate::map("metadata", &req.metadata, validate::MAX_METADATA_ENTRIES)?;
+        let context = context::key(&req.context, &req.context_key)?;
         if !req.usage.cost_usd.is_finite() || req.usage.cost_usd < 0.0 {
             return Err(CacheError::InvalidArgument {
                 field: "usage.cost_usd",
@@ -469,9 +551,12 @@ impl Cache {
         }
         let vector = self.embedder.embed(&req.query).await?;
         let this = self.clone();
+        let mut req = req;
+        req.scope = context::scoped(std::mem::take(&mut req.scope), context);
         tokio::task::spawn_blocking(move || this.store_blocking(req, vector)).await.expect("store task panicked")
     }
 
+    /// `req.scope` here already holds the context key.
     fn store_blocking(&self, req: StoreRequest, vector: Vec<f32>) -> Result<u64, CacheError> {
         let now = now_unix_ms();
         let ns = self.namespace_or_create(&req.namespace, now)?;
@@ -632,9 +717,14 @@ impl Cache {
                 Some(entry) => this.delete_entries(vec![entry]),
                 None => Err(CacheError::EntryNotFound { namespace, id }),
             },
+            // A scope's entries live in one partition per conversation context, so every
+            // entry of the namespace is a candidate.
             (DeleteTarget::Scope(scope), _) => {
-                let ids = this.ledger.ids(&namespace, Some(&keys::scope_id(&scope)));
-                this.delete_ids(&namespace, &ids, |e| e.scope == scope)
+                let ids = this.ledger.ids(&namespace, None);
+                this.delete_ids(&namespace, &ids, |e| {
+                    e.scope.len() - usize::from(e.scope.contains_key(context::SCOPE_KEY)) == scope.len()
+                        && scope.iter().all(|(k, v)| e.scope.get(k) == Some(v))
+                })
             }
             _ => {
                 let ids = this.ledger.ids(&namespace, None);
@@ -826,6 +916,9 @@ impl Cache {
         if let Some(t) = update.similarity_threshold {
             validate::threshold("similarity_threshold", t)?;
         }
+        if let Some(f) = update.threshold_floor {
+            validate::floor(f)?;
+        }
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let ns = this.namespace_or_create(&update.name, now_unix_ms())?;
@@ -841,6 +934,31 @@ impl Cache {
                 if let Some(max) = update.max_entries {
                     record.max_entries = max;
                 }
+                if let Some(floor) = update.threshold_floor {
+                    record.threshold_floor = floor;
+                }
+                if let Some(on) = update.hit_guards {
+                    record.hit_guards = Some(on);
+                }
+                if record.similarity_threshold < record.threshold_floor {
+                    let (t, f, name) = (record.similarity_threshold, record.threshold_floor, &record.name);
+                    return Err(match update.threshold_floor {
+                        Some(_) => CacheError::InvalidArgument {
+                            field: "threshold_floor",
+                            reason: format!(
+                                "{f} is above namespace {name:?}'s similarity_threshold {t}; raise the \
+                                 threshold to at least the floor (in the same call)"
+                            ),
+                        },
+                        None => CacheError::InvalidArgument {
+                            field: "similarity_threshold",
+                            reason: format!(
+                                "{t} is below namespace {name:?}'s threshold_floor {f}; lower the floor first \
+                                 (in the same call) or keep the threshold at or above it"
+                            ),
+                        },
+                    });
+                }
                 this.persist_namespace(&record)?;
                 *ns.settings.write().expect("namespace lock") = record;
             }
@@ -855,7 +973,9 @@ impl Cache {
     }
 
     fn view(&self, name: &str, ns: &NamespaceState) -> NamespaceView {
-        NamespaceView { settings: ns.settings(), entries: self.ledger.namespace_len(name) }
+        let settings = ns.settings();
+        let hit_guards = settings.hit_guards.unwrap_or(self.defaults.hit_guards);
+        NamespaceView { settings, entries: self.ledger.namespace_len(name), hit_guards }
     }
 
     pub fn get_namespace(&self, name: &str) -> Result<NamespaceView, CacheError> {
@@ -928,5 +1048,7 @@ fn default_record(name: &str, defaults: Defaults, model: &str, now: i64) -> Name
         max_entries: 0,
         embedding_model: model.to_owned(),
         created_at_unix_ms: now,
+        threshold_floor: 0.0,
+        hit_guards: None,
     }
 }

@@ -55,6 +55,14 @@ pub fn threshold(field: &'static str, value: f32) -> Result<(), CacheError> {
     Ok(())
 }
 
+/// A namespace's threshold floor: 0 (none) up to 1.
+pub fn floor(value: f32) -> Result<(), CacheError> {
+    if value.is_nan() || !(0.0..=1.0).contains(&value) {
+        return Err(invalid("threshold_floor", format!("is {value}; it must be a number in [0, 1] (0 = no floor)")));
+    }
+    Ok(())
+}
+
 pub fn map(field: &'static str, map: &BTreeMap<String, String>, max_entries: usize) -> Result<(), CacheError> {
     if map.len() > max_entries {
         return Err(invalid(field, format!("has {} entries; at most {max_entries} are allowed", map.len())));

@@ -3,7 +3,7 @@
 
 mod status;
 
-use crate::cache::{self, Cache, DeleteTarget, Entry, NamespaceView};
+use crate::cache::{self, context, Cache, DeleteTarget, Entry, MissReason, NamespaceView};
 use crate::proto::{self as pb, semantic_cache_server::SemanticCache};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -25,12 +25,14 @@ impl SemanticCacheService {
 }
 
 fn entry_to_pb(e: Entry, hit_count: u64) -> pb::Entry {
+    let (scope, context_key) = context::split(e.scope);
     pb::Entry {
         id: e.id.to_string(),
         namespace: e.namespace,
         query: e.query,
         response: e.response,
-        scope: e.scope,
+        scope,
+        context_key,
         metadata: e.metadata,
         created_at_unix_ms: e.created_at_unix_ms,
         expires_at_unix_ms: e.expires_at_unix_ms,
@@ -46,6 +48,18 @@ fn namespace_to_pb(v: NamespaceView) -> pb::Namespace {
         max_entries: v.settings.max_entries,
         entries: v.entries,
         embedding_model: v.settings.embedding_model,
+        threshold_floor: v.settings.threshold_floor,
+        hit_guards: v.hit_guards,
+    }
+}
+
+fn miss_reason_to_pb(reason: MissReason) -> pb::MissReason {
+    match reason {
+        MissReason::None => pb::MissReason::Unspecified,
+        MissReason::Empty => pb::MissReason::Empty,
+        MissReason::BelowThreshold => pb::MissReason::BelowThreshold,
+        MissReason::Vetoed => pb::MissReason::Vetoed,
+        MissReason::NeedsContext => pb::MissReason::NeedsContext,
     }
 }
 
@@ -60,6 +74,8 @@ impl SemanticCache for SemanticCacheService {
                 query: r.query,
                 scope: r.scope,
                 similarity_threshold: r.similarity_threshold,
+                context: r.context,
+                context_key: r.context_key,
             })
             .await?;
         Ok(Response::new(pb::LookupResponse {
@@ -67,6 +83,14 @@ impl SemanticCache for SemanticCacheService {
             entry: outcome.entry.map(|e| entry_to_pb(e, outcome.hit_count)),
             similarity: outcome.similarity,
             nearest_id: outcome.nearest_id.map(|id| id.to_string()).unwrap_or_default(),
+            threshold: outcome.threshold,
+            veto: outcome.veto.map(|v| pb::GuardVeto {
+                id: v.id.to_string(),
+                similarity: v.similarity,
+                guard: v.veto.guard.to_owned(),
+                detail: v.veto.detail,
+            }),
+            miss_reason: miss_reason_to_pb(outcome.miss_reason).into(),
         }))
     }
 
@@ -87,6 +111,8 @@ impl SemanticCache for SemanticCacheService {
                     output_tokens: usage.output_tokens,
                     cost_usd: usage.cost_usd,
                 },
+                context: r.context,
+                context_key: r.context_key,
             })
             .await?;
         Ok(Response::new(pb::StoreResponse { id: id.to_string() }))
@@ -120,6 +146,8 @@ impl SemanticCache for SemanticCacheService {
                 similarity_threshold: r.similarity_threshold,
                 ttl_seconds: r.ttl_seconds,
                 max_entries: r.max_entries,
+                threshold_floor: r.threshold_floor,
+                hit_guards: r.hit_guards,
             })
             .await?;
         Ok(Response::new(namespace_to_pb(view)))

@@ -80,6 +80,12 @@ pub struct NamespaceRecord {
     pub embedding_model: String,
     #[prost(int64, tag = "6")]
     pub created_at_unix_ms: i64,
+    /// Per-request thresholds are raised to at least this (0 = no floor).
+    #[prost(float, tag = "7")]
+    pub threshold_floor: f32,
+    /// Hit guards; unset (namespaces made before guards existed) means the server default.
+    #[prost(bool, optional, tag = "8")]
+    pub hit_guards: Option<bool>,
 }
 
 #[cfg(test)]
