@@ -182,3 +182,94 @@ fn ratio(s: &str) -> Result<f64, String> {
         _ => Err(format!("{s:?} is not a ratio between 0 and 1")),
     }
 }
+
+/// The pair set and how it is run, shared by `semcache eval` and `semcache calibrate`.
+#[derive(Debug, Clone, Args)]
+pub struct PairsArgs {
+    /// The server, as a URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+
+    /// Labelled pairs: QQP JSON, MeanCache CSV, GPTCache mock JSON or MeanCache contextual
+    /// JSON (see the README); each `a` is stored, each `b` looked up.
+    #[arg(long)]
+    pub pairs: PathBuf,
+
+    /// The file's format, when its name and first record do not tell.
+    #[arg(long, value_enum)]
+    pub format: Option<crate::eval::Format>,
+
+    /// Use a random sample of this many pairs (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+
+    /// Seed of the sample.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// The lowest threshold of the curve; every lookup is made with it.
+    #[arg(long, default_value_t = 0.5, value_parser = threshold)]
+    pub from: f32,
+
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+
+    /// Look up each `b` with its `a` as conversation context, as a gateway that tracks
+    /// conversations would send a follow-up.
+    #[arg(long)]
+    pub follow_up_context: bool,
+
+    /// Scratch namespace for the run (must not exist); a unique name by default.
+    #[arg(long)]
+    pub scratch_namespace: Option<String>,
+
+    /// Keep the scratch namespace afterwards.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Settings of `semcache eval`.
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub pairs: PairsArgs,
+
+    /// Report at this threshold instead of the server's default for new namespaces.
+    #[arg(long, value_parser = threshold)]
+    pub threshold: Option<f32>,
+
+    /// Write the precision/recall/false-hit curve as a plot (.svg or .png).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+
+    /// Write every lookup (pair, nearest, served entry, similarities, vetoes) as JSON lines.
+    #[arg(long)]
+    pub lookups: Option<PathBuf>,
+}
+
+/// Settings of `semcache calibrate`.
+#[derive(Debug, Clone, Args)]
+pub struct CalibrateArgs {
+    #[command(flatten)]
+    pub pairs: PairsArgs,
+
+    /// The namespace to calibrate; its guard setting is used, its entries are not touched.
+    #[arg(long)]
+    pub namespace: String,
+
+    /// The precision the threshold must reach on the pairs.
+    #[arg(long, value_parser = ratio)]
+    pub target_precision: f64,
+
+    /// Set the chosen threshold on the namespace.
+    #[arg(long)]
+    pub apply: bool,
+}
+
+fn threshold(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(t) if t > 0.0 && t <= 1.0 => Ok(t),
+        _ => Err(format!("{s:?} is not a similarity threshold in (0, 1]")),
+    }
+}

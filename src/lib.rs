@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod config;
 pub mod embed;
+pub mod eval;
 pub mod grpc;
 pub mod index;
 pub mod load;

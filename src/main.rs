@@ -2,8 +2,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use semcache::cache::reembed;
-use semcache::config::{BenchArgs, ReembedArgs, ServeArgs};
+use semcache::config::{BenchArgs, CalibrateArgs, EvalArgs, PairsArgs, ReembedArgs, ServeArgs};
 use semcache::embed::{check_model_dir, device, ModelInfo, SentenceModel};
+use semcache::eval;
 use semcache::load::{self, LoadConfig};
 use semcache::store::Store;
 use tracing_subscriber::EnvFilter;
@@ -26,6 +27,12 @@ enum Command {
     /// Drive a running server with concurrent clients and report throughput and latency
     /// percentiles, to size a deployment.
     Bench(BenchArgs),
+    /// Score hit quality on a labelled pair file against a running server: precision,
+    /// recall and false-hit rate at a threshold, with hit guards off and on, and the curve.
+    Eval(EvalArgs),
+    /// Pick the lowest threshold that reaches a precision on a labelled pair file, and
+    /// optionally set it on a namespace.
+    Calibrate(CalibrateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +54,8 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Reembed(args) => tokio::task::spawn_blocking(move || run_reembed(args)).await??,
         Command::Bench(args) => run_bench(args).await?,
+        Command::Eval(args) => run_eval(args).await?,
+        Command::Calibrate(args) => run_calibrate(args).await?,
     }
     Ok(())
 }
@@ -108,6 +117,140 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     println!("{}", load::render(&report));
     if !args.keep {
         load::drop_namespace(&mut client, &config.namespace).await?;
+    }
+    Ok(())
+}
+
+/// Progress of an evaluation's stores and lookups.
+struct EvalProgress {
+    stores: ProgressBar,
+    lookups: ProgressBar,
+}
+
+impl eval::Progress for EvalProgress {
+    fn stored(&self, total: u64) {
+        self.stores.set_position(total);
+    }
+    fn looked_up(&self, total: u64) {
+        if total == 1 {
+            self.stores.finish_and_clear();
+        }
+        self.lookups.set_position(total);
+    }
+}
+
+/// Loads the pairs and runs them through the server in a scratch namespace.
+async fn evaluate(args: &PairsArgs) -> anyhow::Result<(String, eval::RunResult)> {
+    let mut pairs = eval::load(&args.pairs, args.format)?;
+    if args.limit > 0 && args.limit < pairs.len() {
+        pairs = eval::sample(pairs, args.limit, args.seed);
+    }
+    let name = args.pairs.file_name().map_or_else(|| args.pairs.display().to_string(), |n| n.to_string_lossy().into());
+    let scratch = args
+        .scratch_namespace
+        .clone()
+        .unwrap_or_else(|| format!("semcache-eval-{}-{}", std::process::id(), semcache::cache::now_unix_ms()));
+    let config = eval::RunConfig {
+        namespace: scratch,
+        clients: args.clients.max(1),
+        from: args.from,
+        follow_up_context: args.follow_up_context,
+        keep: args.keep,
+    };
+    let style = |what: &str| {
+        ProgressStyle::with_template(&format!("{what:>9} [{{bar:40}}] {{pos}}/{{len}}, {{per_sec}}, eta {{eta}}"))
+            .map(|s| s.progress_chars("=> "))
+    };
+    let lookups = pairs.len() as u64;
+    let distinct = pairs.iter().map(|p| semcache::cache::normalize(&p.a)).collect::<std::collections::HashSet<_>>();
+    let progress = std::sync::Arc::new(EvalProgress {
+        stores: ProgressBar::new(distinct.len() as u64).with_style(style("storing")?),
+        lookups: ProgressBar::new(lookups).with_style(style("looking up")?),
+    });
+    let started = std::time::Instant::now();
+    let result = eval::run(&args.addr, pairs, &config, progress.clone()).await?;
+    progress.lookups.finish_and_clear();
+    println!(
+        "{name}: stored {} distinct queries and looked up {lookups} in {:.1} s{}",
+        result.stored,
+        started.elapsed().as_secs_f64(),
+        if args.follow_up_context { ", each with its pair's first query as context" } else { "" }
+    );
+    Ok((name, result))
+}
+
+async fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
+    let (name, result) = evaluate(&args.pairs).await?;
+    let threshold = args.threshold.unwrap_or(result.default_threshold).max(args.pairs.from);
+    println!("{}", eval::render(&name, &result, args.pairs.from, threshold));
+    if let Some(path) = &args.plot {
+        let (off, on) = eval::curves(&result, args.pairs.from);
+        eval::plot::write(path, &name, &off, &on)?;
+        println!("curve written to {}", path.display());
+    }
+    if let Some(path) = &args.lookups {
+        let mut out = String::new();
+        for l in &result.lookups {
+            out.push_str(&serde_json::to_string(l)?);
+            out.push('\n');
+        }
+        std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("lookups written to {}", path.display());
+    }
+    Ok(())
+}
+
+async fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
+    let mut client = load::connect(&args.pairs.addr).await?;
+    let namespace = client.get_namespace(semcache::proto::GetNamespaceRequest { name: args.namespace.clone() }).await;
+    let (guards, floor) = match namespace {
+        Ok(ns) => (ns.get_ref().hit_guards, ns.get_ref().threshold_floor),
+        Err(status) if status.code() == tonic::Code::NotFound => (true, 0.0),
+        Err(status) => return Err(status.into()),
+    };
+    let (name, result) = evaluate(&args.pairs).await?;
+    let (off, on) = eval::curves(&result, args.pairs.from);
+    let curve = if guards { &on } else { &off };
+    let guards_said = if guards { "on" } else { "off" };
+    let Some(chosen) = eval::lowest_meeting_precision(curve, args.target_precision) else {
+        anyhow::bail!(
+            "no threshold in [{:.2}, 0.99] reaches precision {} on {name} with guards {guards_said}; \
+             check the labels, or accept a lower precision",
+            args.pairs.from,
+            args.target_precision
+        );
+    };
+    println!(
+        "{}: threshold {:.2} with guards {guards_said} reaches precision {:.3} on {name} \
+         (recall {:.3}, false-hit rate {:.3}, {} hits); precision stays >= {} above it",
+        args.namespace,
+        chosen.threshold,
+        chosen.precision,
+        chosen.recall,
+        chosen.false_hit_rate,
+        chosen.hits,
+        args.target_precision
+    );
+    if args.apply && chosen.threshold < floor {
+        anyhow::bail!(
+            "not applied: {:.2} is below namespace {}'s threshold_floor {floor}; lower the floor first if this \
+             data is representative",
+            chosen.threshold,
+            args.namespace
+        );
+    }
+    if args.apply {
+        let ns = client
+            .configure_namespace(semcache::proto::ConfigureNamespaceRequest {
+                name: args.namespace.clone(),
+                similarity_threshold: Some(chosen.threshold),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        println!("applied: namespace {} now has similarity_threshold {}", ns.name, ns.similarity_threshold);
+    } else {
+        println!("not applied (pass --apply to set it)");
     }
     Ok(())
 }
