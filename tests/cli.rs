@@ -100,3 +100,146 @@ fn bench_refuses_a_hit_ratio_outside_0_to_1() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not a ratio between 0 and 1"), "{stderr}");
 }
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/eval_sample/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the binary off the async threads (the server under test shares the runtime).
+async fn run(args: Vec<String>) -> (bool, String, String) {
+    let out = tokio::task::spawn_blocking(move || semcache().args(&args).output().unwrap()).await.unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// The numbers of a summary line such as
+/// "  guards on  at 0.80: precision 1.000  recall 1.000  false-hit rate 0.000  (...)".
+fn summary(stdout: &str, guards: &str) -> (f64, f64, f64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(guards) && l.contains("precision"))
+        .unwrap_or_else(|| panic!("no {guards} line in {stdout}"));
+    let after = |key: &str| -> f64 {
+        let rest = &line[line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap_or(f64::NAN)
+    };
+    (after("precision "), after("recall "), after("false-hit rate "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_scores_pairs_with_known_answers_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::TestServer::start(dir.path()).await;
+    let addr = format!("http://{}", server.addr);
+    let plot = dir.path().join("curve.svg");
+    let lookups = dir.path().join("lookups.jsonl");
+    let (ok, stdout, stderr) = run(args(&[
+        "eval",
+        "--addr",
+        &addr,
+        "--pairs",
+        &fixture("known.csv"),
+        "--threshold",
+        "0.8",
+        "--scratch-namespace",
+        "eval-known",
+        "--plot",
+        plot.to_str().unwrap(),
+        "--lookups",
+        lookups.to_str().unwrap(),
+    ]))
+    .await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("5 lookups, 1 duplicate pairs"), "{stdout}");
+    // A bare threshold serves the antonym, the number change and the dropped negation: 3
+    // false hits in 5 lookups, next to the one right answer. The guards refuse all three.
+    assert_eq!(summary(&stdout, "guards off"), (0.25, 1.0, 0.6), "{stdout}");
+    assert_eq!(summary(&stdout, "guards on"), (1.0, 1.0, 0.0), "{stdout}");
+    assert!(stdout.contains("| threshold |"), "the curve table: {stdout}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("known.csv"));
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&lookups).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5);
+    let swap = lines.iter().find(|l| l["b"] == "Convert 50 miles to kilometers").unwrap();
+    assert_eq!(swap["veto"], "number: 50 vs 5");
+
+    // The scratch namespace is gone; a second run may reuse its name.
+    let mut c = server.client.clone();
+    let gone = c.get_namespace(semcache::proto::GetNamespaceRequest { name: "eval-known".into() }).await;
+    assert_eq!(gone.unwrap_err().code(), tonic::Code::NotFound);
+
+    // Every format of ../shared/data, on its committed sample.
+    for (file, pairs) in
+        [("meancache_test_80.csv", 80), ("qqp_40.json", 40), ("mock_30.json", 30), ("contextual_20.json", 20)]
+    {
+        let (ok, stdout, stderr) = run(args(&["eval", "--addr", &addr, "--pairs", &fixture(file)])).await;
+        assert!(ok, "{file}: {stdout}\n{stderr}");
+        assert!(stdout.contains(&format!("{file}: {pairs} lookups")), "{stdout}");
+        let (precision, _, fhr) = summary(&stdout, "guards on");
+        assert!((0.0..=1.0).contains(&precision) && (0.0..=1.0).contains(&fhr), "{stdout}");
+    }
+    // A follow-up sent with its conversation never reaches the standalone main question.
+    let (ok, stdout, _) =
+        run(args(&["eval", "--addr", &addr, "--pairs", &fixture("contextual_20.json"), "--follow-up-context"])).await;
+    assert!(ok);
+    assert_eq!(summary(&stdout, "guards off").2, 0.0, "{stdout}");
+    assert_eq!(
+        c.list_namespaces(semcache::proto::ListNamespacesRequest {}).await.unwrap().into_inner().namespaces.len(),
+        0
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calibrate_picks_and_applies_the_lowest_threshold_meeting_the_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::TestServer::start(dir.path()).await;
+    let addr = format!("http://{}", server.addr);
+    let mut c = server.client.clone();
+    let configure = |guards: bool| semcache::proto::ConfigureNamespaceRequest {
+        name: "support".into(),
+        hit_guards: Some(guards),
+        ..Default::default()
+    };
+    let calibrate = |extra: &[&str]| {
+        let mut a = args(&["calibrate", "--addr", &addr, "--namespace", "support", "--pairs", &fixture("known.csv")]);
+        a.extend(args(extra));
+        a
+    };
+    // Without guards the antonym outranks the paraphrase: no threshold is precise.
+    c.configure_namespace(configure(false)).await.unwrap();
+    let (ok, _, stderr) = run(calibrate(&["--target-precision", "0.9"])).await;
+    assert!(!ok && stderr.contains("no threshold") && stderr.contains("guards off"), "{stderr}");
+
+    // With guards, the lowest threshold above the one unrelated near miss.
+    c.configure_namespace(configure(true)).await.unwrap();
+    let (ok, stdout, stderr) = run(calibrate(&["--target-precision", "0.9"])).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("with guards on reaches precision 1.000"), "{stdout}");
+    assert!(stdout.contains("not applied"), "{stdout}");
+    let ns = c.get_namespace(semcache::proto::GetNamespaceRequest { name: "support".into() }).await.unwrap();
+    assert_eq!(ns.into_inner().similarity_threshold, semcache::cache::DEFAULT_THRESHOLD, "untouched without --apply");
+
+    let (ok, stdout, stderr) = run(calibrate(&["--target-precision", "0.9", "--apply"])).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let chosen: f32 = stdout
+        .split("threshold ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let ns =
+        c.get_namespace(semcache::proto::GetNamespaceRequest { name: "support".into() }).await.unwrap().into_inner();
+    assert_eq!(ns.similarity_threshold, chosen);
+    assert_eq!(ns.entries, 0, "the pairs went to a scratch namespace");
+    // "How do I change my account username?" lands on the password question at about 0.54;
+    // the paraphrase scores about 0.94.
+    assert!(chosen > 0.5 && chosen < 0.9, "{stdout}");
+
+    let (ok, _, stderr) = run(calibrate(&["--target-precision", "1.5"])).await;
+    assert!(!ok && stderr.contains("not a ratio"), "{stderr}");
+    server.stop().await;
+}
