@@ -243,7 +243,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub plot: Option<PathBuf>,
 
-    /// Write every lookup (pair, nearest, served entry, similarities, vetoes) as JSON lines.
+    /// Write every lookup (pair, nearest entry, similarity, served entry, veto) as JSON lines.
     #[arg(long)]
     pub lookups: Option<PathBuf>,
 }

@@ -143,6 +143,8 @@ pub async fn run(
 }
 
 type Measured = (Vec<Observation>, Vec<Lookup>, usize);
+/// A pair's lookup, once made.
+type Slot = Option<(Observation, Lookup)>;
 
 async fn measure(
     client: SemanticCacheClient<Channel>,
@@ -186,7 +188,7 @@ async fn measure(
     let ids = Arc::new(std::mem::take(&mut *ids.lock().expect("ids lock")));
 
     let pairs = Arc::new(pairs);
-    let slots: Arc<Mutex<Vec<Option<(Observation, Lookup)>>>> = Arc::new(Mutex::new(vec![None; pairs.len()]));
+    let slots: Arc<Mutex<Vec<Slot>>> = Arc::new(Mutex::new(vec![None; pairs.len()]));
     let done = Arc::new(AtomicUsize::new(0));
     {
         let (pairs, slots, ns) = (pairs.clone(), slots.clone(), config.namespace.clone());
