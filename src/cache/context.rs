@@ -196,11 +196,11 @@ const CONVERSATIONAL: &[&str] = &[
     "your",
 ];
 
-/// Whether a query is a generic follow-up that only its conversation gives a meaning: it has
-/// no word outside [`CONVERSATIONAL`] (and no number). Such a query never hits without a
-/// context.
-pub fn is_generic(query: &str) -> bool {
-    normalize(query)
+/// Whether a query, as [`normalize`] gives it, is a generic follow-up that only its
+/// conversation gives a meaning: it has no word outside [`CONVERSATIONAL`] (and no number).
+/// Such a query never hits without a context.
+pub fn is_generic(normalized: &str) -> bool {
+    normalized
         .split(|c: char| !(c.is_alphanumeric() || c == '\''))
         .filter(|w| !w.is_empty())
         .all(|w| CONVERSATIONAL.binary_search(&w).is_ok())
@@ -219,10 +219,10 @@ mod tests {
     fn generic_follow_ups() {
         for q in ["continue", "Why?", "ok", "OK, thanks!", "tell me more", "Can you explain that again, please?", "…"]
         {
-            assert!(is_generic(q), "{q}");
+            assert!(is_generic(&normalize(q)), "{q}");
         }
         for q in ["why is the sky blue?", "what about Python?", "explain 2", "capital of France", "ok rust"] {
-            assert!(!is_generic(q), "{q}");
+            assert!(!is_generic(&normalize(q)), "{q}");
         }
     }
 

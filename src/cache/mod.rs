@@ -431,14 +431,15 @@ impl Cache {
         if let Some(ns) = &ns {
             Counters::bump(&ns.counters.lookups);
         }
+        let normalized = normalize(&req.query);
         let outcome = match &ns {
             // A generic follow-up means something only in its conversation.
-            Some(_) if context.is_none() && context::is_generic(&req.query) => {
+            Some(_) if context.is_none() && context::is_generic(&normalized) => {
                 LookupOutcome { miss_reason: MissReason::NeedsContext, ..Default::default() }
             }
             Some(ns) => {
                 let scope = context::scoped(req.scope.clone(), context);
-                self.find(ns, &req, &scope).await?
+                self.find(ns, &req, &normalized, &scope).await?
             }
             None => LookupOutcome { miss_reason: MissReason::Empty, ..Default::default() },
         };
@@ -466,6 +467,7 @@ impl Cache {
         self: &Arc<Self>,
         ns: &NamespaceState,
         req: &LookupRequest,
+        normalized: &str,
         scope: &BTreeMap<String, String>,
     ) -> Result<LookupOutcome, CacheError> {
         let (threshold, floor, guards) =
@@ -474,7 +476,7 @@ impl Cache {
         let threshold = req.similarity_threshold.map_or(threshold, |t| t.max(floor));
         let mut outcome = LookupOutcome { threshold, miss_reason: MissReason::Empty, ..Default::default() };
         let now = now_unix_ms();
-        let exact = keys::exact_key(&req.namespace, scope, &normalize(&req.query));
+        let exact = keys::exact_key(&req.namespace, scope, normalized);
         if let Some(entry) = self.exact_entry(&exact, scope, now)? {
             outcome.similarity = 1.0;
             outcome.nearest_id = Some(entry.id);
