@@ -30,6 +30,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SEMCACHE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// Address of the Prometheus endpoint (HTTP `GET /metrics`); off when unset.
+    #[arg(long, env = "SEMCACHE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Directory of the RocksDB data set (created if missing).
     #[arg(long, env = "SEMCACHE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
