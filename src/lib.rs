@@ -12,6 +12,7 @@ pub mod eval;
 pub mod grpc;
 pub mod index;
 pub mod load;
+pub mod metrics;
 pub mod server;
 pub mod store;
 

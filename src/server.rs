@@ -6,6 +6,7 @@ use crate::config::ServeArgs;
 use crate::embed::{check_model_dir, BatchConfig, EmbedError, Embedder, ModelInfo};
 use crate::grpc::{SemanticCacheServer, SemanticCacheService};
 use crate::index::IndexParams;
+use crate::metrics::Metrics;
 use crate::store::Store;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,30 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsListen { addr: std::net::SocketAddr, source: std::io::Error },
+}
+
+/// How often the info-level summary of traffic is logged (when there was any).
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+/// One info line of what the cache did since start.
+fn log_summary(cache: &Cache, what: &str) {
+    let Ok(s) = cache.stats("") else { return };
+    let hit_rate = if s.lookups == 0 { 0.0 } else { s.hits as f64 / s.lookups as f64 };
+    tracing::info!(
+        lookups = s.lookups,
+        hits = s.hits,
+        exact_hits = s.exact_hits,
+        hit_rate = format!("{hit_rate:.3}"),
+        stores = s.stores,
+        entries = s.entries,
+        bytes = s.bytes,
+        evictions = s.evictions,
+        expirations = s.expirations,
+        saved_usd = format!("{:.4}", s.saved_cost_usd),
+        "{what}"
+    );
 }
 
 fn check_args(args: &ServeArgs) -> Result<(), ServeError> {
@@ -128,6 +153,37 @@ pub async fn run(
         });
     }
 
+    let metrics = Arc::new(Metrics::new(cache.clone()));
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = match args.metrics_listen {
+        Some(addr) => {
+            let listener =
+                TcpListener::bind(addr).await.map_err(|source| ServeError::MetricsListen { addr, source })?;
+            tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "metrics at http://{addr}/metrics");
+            let stopped = async {
+                let _ = metrics_stopped.await;
+            };
+            Some(tokio::spawn(crate::metrics::serve(listener, metrics.clone(), stopped)))
+        }
+        None => None,
+    };
+    let summary = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SUMMARY_EVERY);
+            tick.tick().await;
+            let mut last = (0, 0);
+            loop {
+                tick.tick().await;
+                let now = cache.stats("").map(|s| (s.lookups, s.stores)).unwrap_or_default();
+                if now != last {
+                    log_summary(&cache, "traffic since start");
+                    last = now;
+                }
+            }
+        })
+    };
+
     let stop = async move {
         tokio::select! {
             _ = shutdown => tracing::info!("shutting down: finishing in-flight requests"),
@@ -137,9 +193,17 @@ pub async fn run(
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(SemanticCacheService::new(cache.clone()).into_server())
+        .add_service(SemanticCacheService::new(cache.clone(), metrics).into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         .await?;
+    summary.abort();
+    let _ = metrics_stop.send(());
+    if let Some(task) = metrics_task {
+        if let Ok(Err(e)) = task.await {
+            tracing::warn!(error = %e, "metrics endpoint stopped with an error");
+        }
+    }
+    log_summary(&cache, "stopped; traffic since start");
     // Every request has finished: flush hit counts and recency, checkpoint changed graphs.
     tokio::task::spawn_blocking(move || maintenance.stop()).await.expect("maintenance stop task");
     drop(cache);

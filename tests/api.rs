@@ -251,3 +251,80 @@ async fn namespaces_are_listed_and_unknown_ones_are_not_found() {
     assert_eq!((all.stores, all.entries), (1, 1));
     server.stop().await;
 }
+
+/// A GET over plain HTTP/1.1, enough for the metrics endpoint without an HTTP client crate.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+/// The value of the sample line that starts with `series ` (name and labels as exposed).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_savings_count_a_known_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let mut args = semcache::config::ServeArgs::with_dirs(dir.path(), model_dir());
+    args.metrics_listen = Some(metrics_addr);
+    let server = TestServer::start_with(args).await;
+    let mut c = server.client.clone();
+    let usage = Some(Usage { input_tokens: 100, output_tokens: 40, cost_usd: 0.25 });
+    store(&mut c, StoreRequest { usage, ..store_req("m", RESET, "Settings > Security") }).await;
+    store(&mut c, StoreRequest { usage, ..store_req("m", SHIPPING, "Free over $50") }).await;
+    store(&mut c, store_req("other", SHIPPING, "x")).await;
+    assert!(lookup(&mut c, lookup_req("m", RESET)).await.entry.is_some_and(|_| true), "exact hit");
+    let semantic = lookup(&mut c, lookup_req("m", RESET_PARAPHRASE)).await;
+    assert!(semantic.hit);
+    let miss = lookup(&mut c, lookup_req("m", "Which vaccines does a puppy need?")).await;
+    assert!(!miss.hit && !miss.nearest_id.is_empty());
+
+    // Savings: two hits on an entry stored with usage.
+    let stats = c.stats(StatsRequest { namespace: "m".into() }).await.unwrap().into_inner();
+    assert_eq!((stats.lookups, stats.hits, stats.misses, stats.stores), (3, 2, 1, 2));
+    assert_eq!((stats.saved_input_tokens, stats.saved_output_tokens, stats.saved_cost_usd), (200, 80, 0.5));
+
+    let text = http_get(metrics_addr, "/metrics").await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for (series, value) in [
+        ("semcache_lookups_total{namespace=\"m\"}", 3.0),
+        ("semcache_hits_total{namespace=\"m\",kind=\"exact\"}", 1.0),
+        ("semcache_hits_total{namespace=\"m\",kind=\"semantic\"}", 1.0),
+        ("semcache_misses_total{namespace=\"m\"}", 1.0),
+        ("semcache_stores_total{namespace=\"m\"}", 2.0),
+        ("semcache_stores_total{namespace=\"other\"}", 1.0),
+        ("semcache_entries{namespace=\"m\"}", 2.0),
+        ("semcache_saved_tokens_total{namespace=\"m\",type=\"input\"}", 200.0),
+        ("semcache_saved_tokens_total{namespace=\"m\",type=\"output\"}", 80.0),
+        ("semcache_saved_cost_usd_total{namespace=\"m\"}", 0.5),
+        ("semcache_evictions_total{namespace=\"m\"}", 0.0),
+        ("semcache_lookup_duration_seconds_count{outcome=\"exact_hit\"}", 1.0),
+        ("semcache_lookup_duration_seconds_count{outcome=\"semantic_hit\"}", 1.0),
+        ("semcache_lookup_duration_seconds_count{outcome=\"miss\"}", 1.0),
+        ("semcache_miss_similarity_count", 1.0),
+        ("semcache_embed_queue_depth", 0.0),
+    ] {
+        assert_eq!(sample(&text, series), value, "{series}");
+    }
+    assert!(sample(&text, "semcache_bytes{namespace=\"m\"}") > 2.0 * 384.0 * 4.0, "two vectors at least");
+    // Warm-up, three stores and two lookups that ran the model.
+    assert!(sample(&text, "semcache_embed_batch_size_count") >= 5.0);
+    assert!((sample(&text, "semcache_miss_similarity_sum") - f64::from(miss.similarity)).abs() < 1e-6);
+    assert!(http_get(metrics_addr, "/nope").await.starts_with("HTTP/1.1 404"));
+    server.stop().await;
+}

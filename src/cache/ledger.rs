@@ -78,6 +78,7 @@ struct Inner {
 #[derive(Default)]
 struct Namespace {
     recency: BTreeSet<(u64, u64)>,
+    bytes: u64,
 }
 
 impl Ledger {
@@ -197,6 +198,11 @@ impl Ledger {
         self.lock().total_bytes
     }
 
+    /// Stored bytes of one namespace's entries.
+    pub fn namespace_bytes(&self, namespace: &str) -> u64 {
+        self.lock().namespaces.get(namespace).map_or(0, |ns| ns.bytes)
+    }
+
     /// Ids of a namespace, optionally only those of one scope.
     pub fn ids(&self, namespace: &str, scope: Option<&ScopeId>) -> Vec<u64> {
         let inner = self.lock();
@@ -236,6 +242,7 @@ impl Inner {
         self.recency.insert((tick, id));
         let ns = self.namespaces.entry(meta.namespace.clone()).or_default();
         ns.recency.insert((tick, id));
+        ns.bytes += meta.size_bytes;
         self.total_bytes += meta.size_bytes;
         self.ticks.insert(id, tick);
         self.entries.insert(id, meta);
@@ -249,6 +256,7 @@ impl Inner {
         self.total_bytes -= meta.size_bytes;
         if let Some(ns) = self.namespaces.get_mut(&meta.namespace) {
             ns.recency.remove(&(tick, id));
+            ns.bytes -= meta.size_bytes;
             if ns.recency.is_empty() {
                 self.namespaces.remove(&meta.namespace);
             }
@@ -294,6 +302,7 @@ mod tests {
         // Bytes are global: b's entry is older than a's touched one.
         assert_eq!(ids(ledger.over_bytes(50, 15, None)), vec![2, 3]);
         assert_eq!(ledger.total_bytes(), 50);
+        assert_eq!((ledger.namespace_bytes("a"), ledger.namespace_bytes("b")), (40, 10));
         assert_eq!(ledger.namespace_len("a"), 4);
     }
 

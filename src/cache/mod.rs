@@ -185,25 +185,38 @@ pub struct NamespaceView {
     pub hit_guards: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Stats {
     pub lookups: u64,
     pub hits: u64,
+    /// Hits answered by the exact-repeat path (included in `hits`).
+    pub exact_hits: u64,
     pub misses: u64,
     pub stores: u64,
     pub entries: u64,
+    /// Stored size of the entries (texts, metadata, vector and per-entry overhead).
+    pub bytes: u64,
     pub evictions: u64,
     pub expirations: u64,
+    /// What the hits would have cost, from the `usage` each served entry was stored with.
+    pub saved_input_tokens: u64,
+    pub saved_output_tokens: u64,
+    pub saved_cost_usd: f64,
 }
 
 #[derive(Default)]
 struct Counters {
     lookups: AtomicU64,
     hits: AtomicU64,
+    exact_hits: AtomicU64,
     misses: AtomicU64,
     stores: AtomicU64,
     evictions: AtomicU64,
     expirations: AtomicU64,
+    saved_input_tokens: AtomicU64,
+    saved_output_tokens: AtomicU64,
+    /// An f64 in its bit pattern, added to by compare-and-swap.
+    saved_cost_usd: AtomicU64,
 }
 
 impl Counters {
@@ -211,8 +224,37 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn outcome(&self, hit: bool) {
-        Self::bump(if hit { &self.hits } else { &self.misses });
+    fn outcome(&self, outcome: &LookupOutcome) {
+        let Some(entry) = &outcome.entry else {
+            Self::bump(&self.misses);
+            return;
+        };
+        Self::bump(&self.hits);
+        if outcome.exact {
+            Self::bump(&self.exact_hits);
+        }
+        self.saved_input_tokens.fetch_add(entry.input_tokens, Ordering::Relaxed);
+        self.saved_output_tokens.fetch_add(entry.output_tokens, Ordering::Relaxed);
+        let add = |bits: u64| Some((f64::from_bits(bits) + entry.cost_usd).to_bits());
+        let _ = self.saved_cost_usd.fetch_update(Ordering::Relaxed, Ordering::Relaxed, add);
+    }
+
+    fn read(&self, entries: u64, bytes: u64) -> Stats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            lookups: load(&self.lookups),
+            hits: load(&self.hits),
+            exact_hits: load(&self.exact_hits),
+            misses: load(&self.misses),
+            stores: load(&self.stores),
+            entries,
+            bytes,
+            evictions: load(&self.evictions),
+            expirations: load(&self.expirations),
+            saved_input_tokens: load(&self.saved_input_tokens),
+            saved_output_tokens: load(&self.saved_output_tokens),
+            saved_cost_usd: f64::from_bits(load(&self.saved_cost_usd)),
+        }
     }
 }
 
@@ -375,6 +417,16 @@ impl Cache {
         self.embedder.is_ready()
     }
 
+    /// Texts waiting for the model.
+    pub fn embed_queue_depth(&self) -> usize {
+        self.embedder.queue_depth()
+    }
+
+    /// The model thread's histogram of texts per forward pass.
+    pub fn embed_batch_sizes(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.embedder.batch_sizes()
+    }
+
     fn namespace(&self, name: &str) -> Option<Arc<NamespaceState>> {
         self.namespaces.read().expect("namespaces lock").get(name).cloned()
     }
@@ -443,9 +495,9 @@ impl Cache {
             }
             None => LookupOutcome { miss_reason: MissReason::Empty, ..Default::default() },
         };
-        self.totals.outcome(outcome.hit());
+        self.totals.outcome(&outcome);
         if let Some(ns) = &ns {
-            ns.counters.outcome(outcome.hit());
+            ns.counters.outcome(&outcome);
         }
         Ok(outcome)
     }
@@ -996,21 +1048,24 @@ impl Cache {
     /// Counters since start; `namespace` empty means all namespaces. `entries` is what the
     /// index holds (expired entries count until the sweeper purges them).
     pub fn stats(&self, namespace: &str) -> Result<Stats, CacheError> {
-        let read = |c: &Counters, entries: usize| Stats {
-            lookups: c.lookups.load(Ordering::Relaxed),
-            hits: c.hits.load(Ordering::Relaxed),
-            misses: c.misses.load(Ordering::Relaxed),
-            stores: c.stores.load(Ordering::Relaxed),
-            evictions: c.evictions.load(Ordering::Relaxed),
-            expirations: c.expirations.load(Ordering::Relaxed),
-            entries: entries as u64,
-        };
         if namespace.is_empty() {
-            return Ok(read(&self.totals, self.index.total()));
+            return Ok(self.totals.read(self.index.total() as u64, self.ledger.total_bytes()));
         }
         validate::namespace(namespace)?;
         let ns = self.namespace(namespace).ok_or_else(|| CacheError::NamespaceNotFound(namespace.to_owned()))?;
-        Ok(read(&ns.counters, self.index.len(namespace)))
+        Ok(self.namespace_stats(namespace, &ns))
+    }
+
+    fn namespace_stats(&self, name: &str, ns: &NamespaceState) -> Stats {
+        ns.counters.read(self.index.len(name) as u64, self.ledger.namespace_bytes(name))
+    }
+
+    /// Every namespace's counters, by name: what the metrics endpoint reports.
+    pub fn all_stats(&self) -> Vec<(String, Stats)> {
+        let map = self.namespaces.read().expect("namespaces lock");
+        let mut all: Vec<_> = map.iter().map(|(name, ns)| (name.clone(), self.namespace_stats(name, ns))).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// Entries in RocksDB's catalog as the ledger counts them (for checks against the index).

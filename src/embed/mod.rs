@@ -10,6 +10,7 @@ mod model;
 pub use model::{check_model_dir, device, mean_pool_normalize, ModelInfo, SentenceModel, REQUIRED_FILES};
 
 use crate::config::DeviceKind;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,6 +97,13 @@ pub struct Embedder {
     ready: Arc<AtomicBool>,
     info: Arc<ModelInfo>,
     capacity: usize,
+    /// Texts per forward pass, observed by the model thread.
+    batch_sizes: Histogram,
+}
+
+/// Buckets of the batch-size histogram: 1, 2, 4, ... 256 texts.
+fn batch_size_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 9))
 }
 
 impl Embedder {
@@ -112,7 +120,9 @@ impl Embedder {
         let (tx, rx) = mpsc::channel(capacity);
         let (ready_tx, ready_rx) = oneshot::channel();
         let ready = Arc::new(AtomicBool::new(false));
-        let handle = Self { tx, ready: ready.clone(), info: Arc::new(info.clone()), capacity };
+        let batch_sizes = batch_size_histogram();
+        let handle =
+            Self { tx, ready: ready.clone(), info: Arc::new(info.clone()), capacity, batch_sizes: batch_sizes.clone() };
         let dir = dir.to_owned();
         std::thread::Builder::new()
             .name("semcache-model".into())
@@ -139,7 +149,7 @@ impl Embedder {
                 }
                 ready.store(true, Ordering::Release);
                 let _ = ready_tx.send(Ok(()));
-                Batcher { model: &model, pool: &pool, config, pending: VecDeque::new() }.run(rx);
+                Batcher { model: &model, pool: &pool, config, pending: VecDeque::new(), batch_sizes }.run(rx);
             })
             .expect("spawn the model thread");
         (handle, ready_rx)
@@ -156,6 +166,11 @@ impl Embedder {
     /// Requests waiting for the model right now.
     pub fn queue_depth(&self) -> usize {
         self.capacity - self.tx.capacity()
+    }
+
+    /// Texts per forward pass so far (a handle on the live histogram).
+    pub fn batch_sizes(&self) -> Histogram {
+        self.batch_sizes.clone()
     }
 
     /// Embeds one text, batched with whatever else is waiting.
@@ -196,6 +211,7 @@ struct Batcher<'a> {
     /// Tokenised requests not yet in a batch; never more than `max_batch`, so the channel's
     /// bound stays the bound on waiting work.
     pending: VecDeque<Tokenised>,
+    batch_sizes: Histogram,
 }
 
 impl Batcher<'_> {
@@ -273,6 +289,7 @@ impl Batcher<'_> {
             self.pool.install(|| self.model.embed_tokenized(&encodings))
         }))
         .unwrap_or_else(|_| Err(EmbedError::Model("the model panicked on this batch".into())));
+        self.batch_sizes.observe(batch.len() as f64);
         tracing::debug!(
             texts = batch.len(),
             tokens = encodings.iter().map(|e| e.len()).sum::<usize>(),

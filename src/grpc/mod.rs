@@ -4,19 +4,22 @@
 mod status;
 
 use crate::cache::{self, context, Cache, DeleteTarget, Entry, MissReason, NamespaceView};
+use crate::metrics::Metrics;
 use crate::proto::{self as pb, semantic_cache_server::SemanticCache};
 use std::sync::Arc;
+use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 pub use pb::semantic_cache_server::SemanticCacheServer;
 
 pub struct SemanticCacheService {
     cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
 }
 
 impl SemanticCacheService {
-    pub fn new(cache: Arc<Cache>) -> Self {
-        Self { cache }
+    pub fn new(cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
+        Self { cache, metrics }
     }
 
     pub fn into_server(self) -> SemanticCacheServer<Self> {
@@ -66,7 +69,9 @@ fn miss_reason_to_pb(reason: MissReason) -> pb::MissReason {
 #[tonic::async_trait]
 impl SemanticCache for SemanticCacheService {
     async fn lookup(&self, request: Request<pb::LookupRequest>) -> Result<Response<pb::LookupResponse>, Status> {
+        let started = Instant::now();
         let r = request.into_inner();
+        let namespace = r.namespace.clone();
         let outcome = self
             .cache
             .lookup(cache::LookupRequest {
@@ -77,7 +82,18 @@ impl SemanticCache for SemanticCacheService {
                 context: r.context,
                 context_key: r.context_key,
             })
-            .await?;
+            .await
+            .inspect_err(|e| tracing::debug!(rpc = "Lookup", %namespace, error = %e, "refused"))?;
+        self.metrics.observe_lookup(&outcome, started.elapsed());
+        tracing::debug!(
+            rpc = "Lookup",
+            %namespace,
+            hit = outcome.hit(),
+            exact = outcome.exact,
+            similarity = outcome.similarity,
+            reason = ?outcome.miss_reason,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+        );
         Ok(Response::new(pb::LookupResponse {
             hit: outcome.hit(),
             entry: outcome.entry.map(|e| entry_to_pb(e, outcome.hit_count)),
@@ -95,7 +111,9 @@ impl SemanticCache for SemanticCacheService {
     }
 
     async fn store(&self, request: Request<pb::StoreRequest>) -> Result<Response<pb::StoreResponse>, Status> {
+        let started = Instant::now();
         let r = request.into_inner();
+        let namespace = r.namespace.clone();
         let usage = r.usage.unwrap_or_default();
         let id = self
             .cache
@@ -114,7 +132,9 @@ impl SemanticCache for SemanticCacheService {
                 context: r.context,
                 context_key: r.context_key,
             })
-            .await?;
+            .await
+            .inspect_err(|e| tracing::debug!(rpc = "Store", %namespace, error = %e, "refused"))?;
+        tracing::debug!(rpc = "Store", %namespace, id, ms = started.elapsed().as_secs_f64() * 1e3);
         Ok(Response::new(pb::StoreResponse { id: id.to_string() }))
     }
 
@@ -130,7 +150,9 @@ impl SemanticCache for SemanticCacheService {
                 ))
             }
         };
+        let namespace = r.namespace.clone();
         let deleted = self.cache.delete(r.namespace, target).await?;
+        tracing::debug!(rpc = "Delete", %namespace, deleted);
         Ok(Response::new(pb::DeleteResponse { deleted }))
     }
 
@@ -179,7 +201,9 @@ impl SemanticCache for SemanticCacheService {
             entries: s.entries,
             evictions: s.evictions,
             expirations: s.expirations,
-            ..Default::default()
+            saved_input_tokens: s.saved_input_tokens,
+            saved_output_tokens: s.saved_output_tokens,
+            saved_cost_usd: s.saved_cost_usd,
         }))
     }
 
@@ -187,7 +211,9 @@ impl SemanticCache for SemanticCacheService {
         &self,
         request: Request<pb::DropNamespaceRequest>,
     ) -> Result<Response<pb::DropNamespaceResponse>, Status> {
-        let deleted = self.cache.drop_namespace(request.into_inner().name).await?;
+        let name = request.into_inner().name;
+        let deleted = self.cache.drop_namespace(name.clone()).await?;
+        tracing::debug!(rpc = "DropNamespace", namespace = %name, deleted);
         Ok(Response::new(pb::DropNamespaceResponse { deleted }))
     }
 }
