@@ -1,7 +1,11 @@
-//! Command-line and environment settings of `semcache serve`.
+//! Command-line, environment and config-file settings of `semcache serve`.
+//!
+//! A setting comes from, in order: its flag, its environment variable, the `--config` file,
+//! its default. [`resolve`] applies the file to what clap parsed.
 
-use clap::{Args, ValueEnum};
-use std::{net::SocketAddr, path::PathBuf};
+use crate::cache::{validate, CacheError, NamespaceUpdate};
+use clap::{parser::ValueSource, Arg, ArgMatches, Args, FromArgMatches, ValueEnum};
+use std::{any::TypeId, ffi::OsString, net::SocketAddr, path::PathBuf};
 
 /// Where the sentence model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -24,8 +28,33 @@ pub struct ModelArgs {
     pub device: DeviceKind,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Text lines for people.
+    #[default]
+    Human,
+    /// One JSON object per line (timestamp, level, fields, target).
+    Json,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// TOML file of settings: `[server]` takes any flag below by its long name (`max_queue` or
+    /// `max-queue`), `[namespaces.NAME]` the settings of a namespace, applied at start. Flags
+    /// and environment variables override the file.
+    #[arg(long, env = "SEMCACHE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective settings as TOML, each with where it came from, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
+    /// Log lines as text (`human`) or as one JSON object each (`json`); `SEMCACHE_LOG` sets the
+    /// level.
+    #[arg(long, env = "SEMCACHE_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+
     /// Address the gRPC server listens on.
     #[arg(long, env = "SEMCACHE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
@@ -109,6 +138,11 @@ pub struct ServeArgs {
     /// served even before a sweep purges them.
     #[arg(long, env = "SEMCACHE_SWEEP_INTERVAL_MS", default_value_t = 1000)]
     pub sweep_interval_ms: u64,
+
+    /// Namespace settings from the config file's `[namespaces.NAME]` tables, sorted by name;
+    /// applied when the server starts (namespaces missing are created).
+    #[arg(skip)]
+    pub namespaces: Vec<NamespaceUpdate>,
 }
 
 impl ServeArgs {
@@ -275,5 +309,674 @@ fn threshold(s: &str) -> Result<f32, String> {
     match s.parse::<f32>() {
         Ok(t) if t > 0.0 && t <= 1.0 => Ok(t),
         _ => Err(format!("{s:?} is not a similarity threshold in (0, 1]")),
+    }
+}
+
+/// Why `semcache serve`'s settings were refused. Every refusal of the config file names the
+/// file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag or environment variable (clap's own message).
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
+    #[error("cannot read config file {}: {error}", .path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("config file {}: TOML syntax error at line {line}, column {column}: {message}", .path.display())]
+    Syntax { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("config file {}: unknown key {key}{hint}; known keys: {}", .path.display(), .known.join(", "))]
+    UnknownKey {
+        path: PathBuf,
+        /// The key with its tables, as in `server.max_qeue`.
+        key: String,
+        /// A suggestion, as in ` (did you mean max_queue?)`, or empty.
+        hint: String,
+        known: Vec<String>,
+    },
+    #[error("config file {}: {key}: expected {expected}, found {found}", .path.display())]
+    WrongType { path: PathBuf, key: String, expected: &'static str, found: &'static str },
+    #[error("config file {}: {key}: invalid value {value}: {reason}", .path.display())]
+    InvalidValue { path: PathBuf, key: String, value: String, reason: String },
+    #[error("config file {}: namespace name {name:?} {reason}", .path.display())]
+    Namespace { path: PathBuf, name: String, reason: String },
+}
+
+/// `semcache serve`'s settings after the config file, and where each came from.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub args: ServeArgs,
+    settings: Vec<Setting>,
+}
+
+#[derive(Debug, Clone)]
+struct Setting {
+    key: String,
+    /// As TOML; `None` when unset.
+    value: Option<String>,
+    source: String,
+}
+
+/// Keys of `[namespaces.NAME]`.
+const NAMESPACE_KEYS: [&str; 5] =
+    ["similarity_threshold", "ttl_seconds", "max_entries", "threshold_floor", "hit_guards"];
+
+/// Flags of `semcache serve` that the file cannot set.
+fn file_settable(arg: &Arg) -> bool {
+    !matches!(arg.get_id().as_str(), "config" | "print_config" | "help" | "version") && arg.get_long().is_some()
+}
+
+/// The `serve` command alone, as clap builds it from [`ServeArgs`].
+fn serve_command() -> clap::Command {
+    ServeArgs::augment_args(clap::Command::new("semcache serve"))
+}
+
+/// `semcache serve`'s settings: `matches` (from the `serve` subcommand, or any command that
+/// flattens [`ServeArgs`]) with the `--config` file, if any, filling what neither a flag nor an
+/// environment variable set. The file is checked whole, even keys that a flag overrides.
+pub fn resolve(matches: &ArgMatches) -> Result<Resolved, ConfigError> {
+    let base = ServeArgs::from_arg_matches(matches)?;
+    let cmd = serve_command();
+    let Some(path) = base.config.clone() else {
+        let settings = describe(&cmd, matches, matches, &[]);
+        return Ok(Resolved { args: base, settings });
+    };
+    let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Read { path: path.clone(), error })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| syntax_error(&path, &text, &e))?;
+
+    let mut from_file: Vec<&str> = Vec::new();
+    let mut file_argv: Vec<OsString> = Vec::new();
+    let mut namespaces = Vec::new();
+    for (section, value) in &table {
+        match section.as_str() {
+            "server" => {
+                let server = value.as_table().ok_or_else(|| wrong_type(&path, "server", "a table", value))?;
+                for (key, value) in server {
+                    let full = format!("server.{key}");
+                    let arg = find_arg(&cmd, key).ok_or_else(|| unknown_server_key(&path, &cmd, key))?;
+                    let id = arg.get_id().as_str();
+                    if from_file.contains(&id) {
+                        return Err(ConfigError::InvalidValue {
+                            path,
+                            key: full,
+                            value: value.to_string(),
+                            reason: format!("{id} is set twice (as `{}` and `{}`)", id, id.replace('_', "-")),
+                        });
+                    }
+                    let flag = flag_value(&path, &cmd, arg, &full, value)?;
+                    from_file.push(id);
+                    if matches!(matches.value_source(id), None | Some(ValueSource::DefaultValue)) {
+                        file_argv.push(flag);
+                    }
+                }
+            }
+            "namespaces" => {
+                let tables = value.as_table().ok_or_else(|| wrong_type(&path, "namespaces", "a table", value))?;
+                for (name, value) in tables {
+                    namespaces.push(namespace_update(&path, name, value)?);
+                }
+            }
+            other => {
+                return Err(ConfigError::UnknownKey {
+                    path,
+                    key: other.to_string(),
+                    hint: suggest(other, ["server", "namespaces"]),
+                    known: vec!["server".into(), "namespaces".into()],
+                })
+            }
+        }
+    }
+    namespaces.sort_by(|a, b| a.name.cmp(&b.name));
+
+    // Parse again with the file's values as flags after the command line's own; environment
+    // variables are read again by clap, and only fill what neither sets.
+    let (args, final_matches) = if file_argv.is_empty() {
+        (base, matches.clone())
+    } else {
+        let mut argv = vec![OsString::from("semcache serve")];
+        argv.extend(command_line_flags(&cmd, matches));
+        argv.extend(file_argv);
+        let final_matches = cmd.clone().try_get_matches_from(argv)?;
+        (ServeArgs::from_arg_matches(&final_matches)?, final_matches)
+    };
+    let settings = describe(&cmd, &final_matches, matches, &from_file);
+    let mut args = args;
+    args.namespaces = namespaces;
+    Ok(Resolved { args, settings })
+}
+
+/// [`resolve`]'s settings alone.
+pub fn serve_args(matches: &ArgMatches) -> Result<ServeArgs, ConfigError> {
+    resolve(matches).map(|r| r.args)
+}
+
+impl Resolved {
+    /// The effective settings as a config file, each with where it came from.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::from("# Effective settings of `semcache serve`\n");
+        if let Some(path) = &self.args.config {
+            out.push_str(&format!("# config file: {}\n", path.display()));
+        }
+        out.push_str("\n[server]\n");
+        let width = self.settings.iter().filter_map(|s| s.value.as_ref().map(|v| s.key.len() + v.len())).max();
+        for s in &self.settings {
+            match &s.value {
+                Some(v) => {
+                    let pad = width.unwrap_or(0).saturating_sub(s.key.len() + v.len());
+                    out.push_str(&format!("{} = {v}{}  # {}\n", s.key, " ".repeat(pad), s.source));
+                }
+                None => out.push_str(&format!("# {} is unset ({})\n", s.key, s.source)),
+            }
+        }
+        for ns in &self.args.namespaces {
+            let name = if ns.name.contains('.') { format!("{:?}", ns.name) } else { ns.name.clone() };
+            out.push_str(&format!("\n[namespaces.{name}]\n"));
+            if let Some(t) = ns.similarity_threshold {
+                out.push_str(&format!("similarity_threshold = {t}\n"));
+            }
+            if let Some(t) = ns.ttl_seconds {
+                out.push_str(&format!("ttl_seconds = {t}\n"));
+            }
+            if let Some(m) = ns.max_entries {
+                out.push_str(&format!("max_entries = {m}\n"));
+            }
+            if let Some(f) = ns.threshold_floor {
+                out.push_str(&format!("threshold_floor = {f}\n"));
+            }
+            if let Some(g) = ns.hit_guards {
+                out.push_str(&format!("hit_guards = {g}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// What a TOML value must be for a flag, from the type clap parses it into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Bool,
+    Integer,
+    Float,
+    Text,
+}
+
+impl Kind {
+    fn of(arg: &Arg) -> Kind {
+        let id = arg.get_value_parser().type_id();
+        let is = |t: TypeId| id == t;
+        if is(TypeId::of::<bool>()) {
+            Kind::Bool
+        } else if [
+            TypeId::of::<u8>(),
+            TypeId::of::<u16>(),
+            TypeId::of::<u32>(),
+            TypeId::of::<u64>(),
+            TypeId::of::<usize>(),
+            TypeId::of::<i8>(),
+            TypeId::of::<i16>(),
+            TypeId::of::<i32>(),
+            TypeId::of::<i64>(),
+            TypeId::of::<isize>(),
+        ]
+        .into_iter()
+        .any(is)
+        {
+            Kind::Integer
+        } else if is(TypeId::of::<f32>()) || is(TypeId::of::<f64>()) {
+            Kind::Float
+        } else {
+            Kind::Text
+        }
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            Kind::Bool => "a boolean (true or false)",
+            Kind::Integer => "an integer",
+            Kind::Float => "a number",
+            Kind::Text => "a string",
+        }
+    }
+}
+
+fn find_arg<'c>(cmd: &'c clap::Command, key: &str) -> Option<&'c Arg> {
+    let long = key.replace('_', "-");
+    cmd.get_arguments().find(|a| file_settable(a) && a.get_long() == Some(long.as_str()))
+}
+
+/// The file's value as the flag `--long=value`, checked by the flag's own parser.
+fn flag_value(
+    path: &std::path::Path,
+    cmd: &clap::Command,
+    arg: &Arg,
+    key: &str,
+    value: &toml::Value,
+) -> Result<OsString, ConfigError> {
+    use toml::Value;
+    let kind = Kind::of(arg);
+    let text = match (kind, value) {
+        (Kind::Bool, Value::Boolean(b)) => b.to_string(),
+        (Kind::Integer | Kind::Float, Value::Integer(i)) => i.to_string(),
+        (Kind::Float, Value::Float(f)) => f.to_string(),
+        (Kind::Text, Value::String(s)) => s.clone(),
+        _ => return Err(wrong_type(path, key, kind.expected(), value)),
+    };
+    let invalid = |reason: String| ConfigError::InvalidValue {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        value: value.to_string(),
+        reason,
+    };
+    if kind == Kind::Integer && text.starts_with('-') {
+        return Err(invalid("must not be negative".into()));
+    }
+    let long = arg.get_long().expect("file-settable flags are long");
+    let flag = OsString::from(format!("--{long}={text}"));
+    if let Err(e) = cmd.clone().try_get_matches_from([OsString::from("semcache serve"), flag.clone()]) {
+        let possible: Vec<String> = arg.get_possible_values().iter().map(|p| p.get_name().to_string()).collect();
+        let reason = match std::error::Error::source(&e) {
+            Some(source) => source.to_string(),
+            None if !possible.is_empty() => format!("expected one of {}", possible.join(", ")),
+            None => e.to_string().lines().next().unwrap_or_default().trim_start_matches("error: ").to_string(),
+        };
+        return Err(invalid(reason));
+    }
+    Ok(flag)
+}
+
+/// The flags that `matches` got from the command line, to parse again.
+fn command_line_flags(cmd: &clap::Command, matches: &ArgMatches) -> Vec<OsString> {
+    let mut argv = Vec::new();
+    for arg in cmd.get_arguments() {
+        let id = arg.get_id().as_str();
+        if matches.value_source(id) != Some(ValueSource::CommandLine) {
+            continue;
+        }
+        let Some(long) = arg.get_long() else { continue };
+        if arg.get_action().takes_values() {
+            for raw in matches.get_raw(id).into_iter().flatten() {
+                let mut flag = OsString::from(format!("--{long}="));
+                flag.push(raw);
+                argv.push(flag);
+            }
+        } else {
+            argv.push(format!("--{long}").into());
+        }
+    }
+    argv
+}
+
+/// Each file-settable setting's value (from `effective`) and source (from `given`, the
+/// command line and environment before the file).
+fn describe(cmd: &clap::Command, effective: &ArgMatches, given: &ArgMatches, from_file: &[&str]) -> Vec<Setting> {
+    cmd.get_arguments()
+        .filter(|a| file_settable(a))
+        .map(|arg| {
+            let id = arg.get_id().as_str();
+            let source = match given.value_source(id) {
+                Some(ValueSource::CommandLine) => "command line".to_string(),
+                Some(ValueSource::EnvVariable) => {
+                    format!("environment: {}", arg.get_env().map(|e| e.to_string_lossy()).unwrap_or_default())
+                }
+                _ if from_file.contains(&id) => "config file".to_string(),
+                _ => "default".to_string(),
+            };
+            let value = effective.get_raw(id).and_then(|mut v| v.next()).map(|raw| {
+                let raw = raw.to_string_lossy().into_owned();
+                match Kind::of(arg) {
+                    Kind::Text => toml::Value::String(raw).to_string(),
+                    _ => raw,
+                }
+            });
+            Setting { key: id.to_string(), value, source }
+        })
+        .collect()
+}
+
+fn namespace_update(path: &std::path::Path, name: &str, value: &toml::Value) -> Result<NamespaceUpdate, ConfigError> {
+    validate::namespace(name).map_err(|e| ConfigError::Namespace {
+        path: path.to_path_buf(),
+        name: name.to_string(),
+        reason: reason(e),
+    })?;
+    let table = value.as_table().ok_or_else(|| wrong_type(path, &format!("namespaces.{name}"), "a table", value))?;
+    let mut update = NamespaceUpdate { name: name.to_string(), ..Default::default() };
+    for (key, value) in table {
+        let full = format!("namespaces.{}.{key}", toml_key(name));
+        let invalid = |reason: String| ConfigError::InvalidValue {
+            path: path.to_path_buf(),
+            key: full.clone(),
+            value: value.to_string(),
+            reason,
+        };
+        let number = || match value {
+            toml::Value::Float(f) => Ok(*f as f32),
+            toml::Value::Integer(i) => Ok(*i as f32),
+            _ => Err(wrong_type(path, &full, "a number", value)),
+        };
+        let count = || match value {
+            toml::Value::Integer(i) => u64::try_from(*i).map_err(|_| invalid("must not be negative".into())),
+            _ => Err(wrong_type(path, &full, "an integer", value)),
+        };
+        match key.replace('-', "_").as_str() {
+            "similarity_threshold" => {
+                let t = number()?;
+                validate::threshold("similarity_threshold", t).map_err(|e| invalid(rule(e)))?;
+                update.similarity_threshold = Some(t);
+            }
+            "threshold_floor" => {
+                let f = number()?;
+                validate::floor(f).map_err(|e| invalid(rule(e)))?;
+                update.threshold_floor = Some(f);
+            }
+            "ttl_seconds" => update.ttl_seconds = Some(count()?),
+            "max_entries" => update.max_entries = Some(count()?),
+            "hit_guards" => match value {
+                toml::Value::Boolean(b) => update.hit_guards = Some(*b),
+                _ => return Err(wrong_type(path, &full, Kind::Bool.expected(), value)),
+            },
+            _ => {
+                let hint = if value.is_table() {
+                    format!(" (a namespace name with '.' must be quoted: [namespaces.\"{name}.{key}\"])")
+                } else {
+                    suggest(key, NAMESPACE_KEYS)
+                };
+                return Err(ConfigError::UnknownKey {
+                    path: path.to_path_buf(),
+                    key: full,
+                    hint,
+                    known: NAMESPACE_KEYS.iter().map(|k| k.to_string()).collect(),
+                });
+            }
+        }
+    }
+    if let (Some(t), Some(f)) = (update.similarity_threshold, update.threshold_floor) {
+        if t < f {
+            return Err(ConfigError::InvalidValue {
+                path: path.to_path_buf(),
+                key: format!("namespaces.{}.similarity_threshold", toml_key(name)),
+                value: t.to_string(),
+                reason: format!("is below the namespace's threshold_floor {f}"),
+            });
+        }
+    }
+    Ok(update)
+}
+
+/// A namespace name as a TOML key.
+fn toml_key(name: &str) -> String {
+    if name.contains('.') {
+        format!("{name:?}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// A validation refusal's reason.
+fn reason(e: CacheError) -> String {
+    match e {
+        CacheError::InvalidArgument { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}
+
+/// A value's refusal without the value, which the message already shows: "is 1.5; it must be
+/// a number in (0, 1]" becomes "it must be a number in (0, 1]".
+fn rule(e: CacheError) -> String {
+    let reason = reason(e);
+    match reason.split_once("; ") {
+        Some((value, rule)) if value.starts_with("is ") => rule.to_string(),
+        _ => reason,
+    }
+}
+
+fn wrong_type(path: &std::path::Path, key: &str, expected: &'static str, value: &toml::Value) -> ConfigError {
+    ConfigError::WrongType { path: path.to_path_buf(), key: key.to_string(), expected, found: value.type_str() }
+}
+
+fn unknown_server_key(path: &std::path::Path, cmd: &clap::Command, key: &str) -> ConfigError {
+    let known: Vec<String> = cmd.get_arguments().filter(|a| file_settable(a)).map(|a| a.get_id().to_string()).collect();
+    let why = match key.replace('-', "_").as_str() {
+        "config" | "print_config" => " (only a flag or environment variable can set it)".to_string(),
+        _ => suggest(key, known.iter().map(String::as_str)),
+    };
+    ConfigError::UnknownKey { path: path.to_path_buf(), key: format!("server.{key}"), hint: why, known }
+}
+
+/// ` (did you mean KEY?)` for the known key closest to `key`, if one is close.
+fn suggest<'a>(key: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+    let key = key.replace('-', "_");
+    known
+        .into_iter()
+        .map(|k| (edit_distance(&key, k), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min()
+        .map(|(_, k)| format!(" (did you mean {k}?)"))
+        .unwrap_or_default()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cost = if ca == *cb { prev } else { prev + 1 };
+            prev = row[j + 1];
+            row[j + 1] = cost.min(row[j] + 1).min(prev + 1);
+        }
+    }
+    row[b.len()]
+}
+
+fn syntax_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let at = e.span().map_or(0, |s| s.start).min(text.len());
+    let before = &text[..text.floor_char_boundary(at)];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ConfigError::Syntax { path: path.to_path_buf(), line, column, message: e.message().trim().to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A config file holding `text`, kept until the end of the test.
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    /// `semcache serve` with `flags` and the config file, resolved. The environment variables
+    /// that these tests read are set by no test, so that they can run in parallel.
+    fn resolve_with(text: &str, flags: &[&str]) -> Result<Resolved, ConfigError> {
+        let f = file(text);
+        let mut argv = vec!["semcache serve".to_string(), format!("--config={}", f.path().display())];
+        argv.extend(flags.iter().map(|s| s.to_string()));
+        let matches = serve_command().try_get_matches_from(argv).unwrap();
+        resolve(&matches)
+    }
+
+    fn refusal(text: &str) -> (ConfigError, String) {
+        let e = resolve_with(text, &[]).unwrap_err();
+        let message = e.to_string();
+        (e, message)
+    }
+
+    #[test]
+    fn the_file_fills_what_flags_do_not_set() {
+        let r = resolve_with(
+            "[server]\nmax_queue = 2048\nmax-batch = 8\ndata_dir = \"/srv/cache\"\nhit_guards = false\n\
+             default_threshold = 0.9\nmodel_dir = \"/models/x\"\ndevice = \"cpu\"\nmetrics_listen = \"127.0.0.1:9100\"",
+            &["--max-batch", "16"],
+        )
+        .unwrap();
+        let a = &r.args;
+        assert_eq!(a.max_queue, 2048);
+        assert_eq!(a.max_batch, 16, "a flag beats the file");
+        assert_eq!(a.data_dir, PathBuf::from("/srv/cache"));
+        assert!(!a.hit_guards);
+        assert_eq!(a.default_threshold, 0.9);
+        assert_eq!(a.model.model_dir, PathBuf::from("/models/x"), "flattened ModelArgs");
+        assert_eq!(a.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()), "an option without default");
+        assert_eq!(a.max_batch_tokens, 2048, "untouched settings keep their default");
+        let toml = r.to_toml();
+        assert!(toml.contains("max_queue = 2048") && toml.contains("# config file"), "{toml}");
+        assert!(toml.contains("max_batch = 16") && toml.contains("# command line"), "{toml}");
+        assert!(toml.contains("# default"), "{toml}");
+    }
+
+    #[test]
+    fn a_flag_beats_the_file_even_at_its_default_value() {
+        let r = resolve_with("[server]\nmax_queue = 2048", &["--max-queue", "1024"]).unwrap();
+        assert_eq!(r.args.max_queue, 1024);
+        let r = resolve_with("[server]\nhit_guards = false", &["--hit-guards=true"]).unwrap();
+        assert!(r.args.hit_guards);
+    }
+
+    #[test]
+    fn the_environment_beats_the_file() {
+        // SEMCACHE_EF_SEARCH is read by this test alone.
+        std::env::set_var("SEMCACHE_EF_SEARCH", "99");
+        let r = resolve_with("[server]\nef_search = 12", &[]);
+        std::env::remove_var("SEMCACHE_EF_SEARCH");
+        let r = r.unwrap();
+        assert_eq!(r.args.ef_search, 99);
+        assert!(r.to_toml().contains("environment: SEMCACHE_EF_SEARCH"), "{}", r.to_toml());
+    }
+
+    #[test]
+    fn without_a_file_nothing_changes() {
+        let matches = serve_command().try_get_matches_from(["semcache serve", "--max-queue=5"]).unwrap();
+        let args = serve_args(&matches).unwrap();
+        assert_eq!(args.max_queue, 5);
+        assert!(args.namespaces.is_empty());
+        assert!(ServeArgs::with_dirs("d", "m").namespaces.is_empty());
+    }
+
+    #[test]
+    fn namespaces_are_read_sorted_by_name() {
+        let r = resolve_with(
+            "[namespaces.support]\nsimilarity_threshold = 0.9\nttl_seconds = 3600\nmax_entries = 100000\n\
+             threshold_floor = 0.8\nhit_guards = true\n\
+             [namespaces.\"faq.v2\"]\nsimilarity-threshold = 1\n[namespaces.billing]\n",
+            &[],
+        )
+        .unwrap();
+        let names: Vec<_> = r.args.namespaces.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["billing", "faq.v2", "support"]);
+        let support = &r.args.namespaces[2];
+        assert_eq!(support.similarity_threshold, Some(0.9));
+        assert_eq!(support.ttl_seconds, Some(3600));
+        assert_eq!(support.max_entries, Some(100_000));
+        assert_eq!(support.threshold_floor, Some(0.8));
+        assert_eq!(support.hit_guards, Some(true));
+        assert_eq!(r.args.namespaces[1].similarity_threshold, Some(1.0), "an integer is a number");
+        assert!(r.args.namespaces[0].similarity_threshold.is_none());
+        let toml = r.to_toml();
+        assert!(toml.contains("[namespaces.\"faq.v2\"]"), "{toml}");
+        // What --print-config prints reads back as the same settings.
+        let again = resolve_with(&toml, &[]).unwrap();
+        assert_eq!(again.args.namespaces.len(), 3);
+        assert_eq!(again.args.max_queue, r.args.max_queue);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_a_suggestion() {
+        let (e, m) = refusal("[server]\nmax_qeue = 1");
+        assert!(matches!(e, ConfigError::UnknownKey { .. }), "{e:?}");
+        assert!(m.contains("server.max_qeue") && m.contains("did you mean max_queue?"), "{m}");
+        assert!(m.contains("known keys: ") && m.contains("data_dir") && m.contains("model_dir"), "{m}");
+        let (_, m) = refusal("[serer]\nlisten = \"x\"");
+        assert!(m.contains("unknown key serer (did you mean server?)"), "{m}");
+        let (_, m) = refusal("[server]\nconfig = \"other.toml\"");
+        assert!(m.contains("server.config") && m.contains("only a flag"), "{m}");
+        let (_, m) = refusal("[namespaces.support]\nttl = 5");
+        assert!(m.contains("namespaces.support.ttl") && m.contains("similarity_threshold"), "{m}");
+        let (_, m) = refusal("[namespaces.support.v2]\nttl_seconds = 5");
+        assert!(m.contains("[namespaces.\"support.v2\"]"), "{m}");
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_are_refused() {
+        let (e, m) = refusal("[server]\nmax_queue = \"2048\"");
+        assert!(matches!(e, ConfigError::WrongType { .. }), "{e:?}");
+        assert!(m.contains("server.max_queue: expected an integer, found string"), "{m}");
+        let (_, m) = refusal("[server]\nlisten = 50051");
+        assert!(m.contains("server.listen: expected a string, found integer"), "{m}");
+        let (_, m) = refusal("[server]\nhit_guards = \"yes\"");
+        assert!(m.contains("server.hit_guards: expected a boolean"), "{m}");
+        let (_, m) = refusal("server = 1");
+        assert!(m.contains("server: expected a table, found integer"), "{m}");
+        let (_, m) = refusal("[namespaces.support]\nhit_guards = 1");
+        assert!(m.contains("namespaces.support.hit_guards: expected a boolean"), "{m}");
+        let (_, m) = refusal("[namespaces.support]\nttl_seconds = 1.5");
+        assert!(m.contains("namespaces.support.ttl_seconds: expected an integer, found float"), "{m}");
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_the_reason() {
+        let (e, m) = refusal("[server]\nlisten = \"nowhere\"");
+        assert!(matches!(e, ConfigError::InvalidValue { .. }), "{e:?}");
+        assert!(m.contains("server.listen: invalid value \"nowhere\": invalid socket address"), "{m}");
+        let (_, m) = refusal("[server]\ndevice = \"tpu\"");
+        assert!(m.contains("server.device: invalid value \"tpu\": expected one of cpu, cuda"), "{m}");
+        let (_, m) = refusal("[server]\nmax_queue = -1");
+        assert!(m.contains("server.max_queue: invalid value -1: must not be negative"), "{m}");
+        let (_, m) = refusal("[server]\nmax_queue = 1\nmax-queue = 2");
+        assert!(m.contains("set twice"), "{m}");
+        let (_, m) = refusal("[namespaces.support]\nsimilarity_threshold = 1.5");
+        assert!(
+            m.contains("namespaces.support.similarity_threshold: invalid value 1.5: it must be a number in (0, 1]"),
+            "{m}"
+        );
+        let (_, m) = refusal("[namespaces.support]\nthreshold_floor = -0.5");
+        assert!(m.contains("namespaces.support.threshold_floor: invalid value -0.5"), "{m}");
+        let (_, m) = refusal("[namespaces.support]\nmax_entries = -3");
+        assert!(m.contains("namespaces.support.max_entries: invalid value -3: must not be negative"), "{m}");
+        let (_, m) = refusal("[namespaces.support]\nsimilarity_threshold = 0.7\nthreshold_floor = 0.8");
+        assert!(m.contains("below the namespace's threshold_floor 0.8"), "{m}");
+    }
+
+    #[test]
+    fn values_are_checked_even_when_a_flag_overrides_them() {
+        let e = resolve_with("[server]\nmax_queue = \"x\"", &["--max-queue", "3"]).unwrap_err();
+        assert!(e.to_string().contains("server.max_queue"), "{e}");
+    }
+
+    #[test]
+    fn bad_namespace_names_are_refused() {
+        let (e, m) = refusal("[namespaces.\"a b\"]\nttl_seconds = 1");
+        assert!(matches!(e, ConfigError::Namespace { .. }), "{e:?}");
+        assert!(m.contains("namespace name \"a b\" contains ' '"), "{m}");
+        let (_, m) = refusal(&format!("[namespaces.{}]\n", "n".repeat(129)));
+        assert!(m.contains("129 characters"), "{m}");
+        let (_, m) = refusal("[namespaces]\nsupport = 1");
+        assert!(m.contains("namespaces.support: expected a table, found integer"), "{m}");
+    }
+
+    #[test]
+    fn syntax_errors_give_the_line() {
+        let (e, m) = refusal("[server]\nmax_queue = 1\nlisten = \n");
+        assert!(matches!(e, ConfigError::Syntax { line: 3, .. }), "{e:?}");
+        assert!(m.contains("TOML syntax error at line 3"), "{m}");
+    }
+
+    #[test]
+    fn unreadable_files_are_refused() {
+        let matches =
+            serve_command().try_get_matches_from(["semcache serve", "--config", "/no/such/semcache.toml"]).unwrap();
+        let e = resolve(&matches).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
+        assert!(e.to_string().contains("cannot read config file /no/such/semcache.toml"), "{e}");
+    }
+
+    #[test]
+    fn suggestions_only_for_close_keys() {
+        assert_eq!(suggest("max_qeue", ["max_queue", "listen"]), " (did you mean max_queue?)");
+        assert_eq!(suggest("data-dir", ["data_dir"]), " (did you mean data_dir?)");
+        assert_eq!(suggest("zzz", ["max_queue", "listen"]), "");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }

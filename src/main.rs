@@ -1,12 +1,13 @@
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use semcache::cache::reembed;
-use semcache::config::{BenchArgs, CalibrateArgs, EvalArgs, PairsArgs, ReembedArgs, ServeArgs};
+use semcache::config::{self, BenchArgs, CalibrateArgs, EvalArgs, LogFormat, PairsArgs, ReembedArgs, ServeArgs};
 use semcache::embed::{check_model_dir, device, ModelInfo, SentenceModel};
 use semcache::eval;
 use semcache::load::{self, LoadConfig};
 use semcache::store::Store;
+use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 /// A semantic cache for LLM responses, served over gRPC.
@@ -35,16 +36,55 @@ enum Command {
     Calibrate(CalibrateArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     semcache::embed::configure_cpu_threads();
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // `serve` reads its config file before logging starts, for the log format it may set; a
+    // refused file is reported in the format that the flags and environment chose.
+    let mut resolved = Ok(());
+    if let (Command::Serve(args), Some(("serve", serve))) = (&mut cli.command, matches.subcommand()) {
+        match config::resolve(serve) {
+            Ok(r) if r.args.print_config => {
+                print!("{}", r.to_toml());
+                return ExitCode::SUCCESS;
+            }
+            Ok(r) => *args = r.args,
+            Err(e) => resolved = Err(e),
+        }
+    }
+    let format = match &cli.command {
+        Command::Serve(args) => args.log_format,
+        _ => LogFormat::Human,
+    };
+    init_logging(format);
+    let result = resolved
+        .map_err(anyhow::Error::from)
+        .and_then(|()| tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cli.command)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match format {
+                LogFormat::Human => eprintln!("Error: {e:?}"),
+                LogFormat::Json => tracing::error!(error = format!("{e:#}"), "semcache stopped"),
+            }
+            ExitCode::FAILURE
+        }
+    }
 }
 
-async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("SEMCACHE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
-    match Cli::parse().command {
+/// Log lines go to stdout, at the level `SEMCACHE_LOG` sets (default `info`).
+fn init_logging(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("SEMCACHE_LOG").unwrap_or_else(|_| EnvFilter::new("info")));
+    match format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(args) => {
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await

@@ -114,6 +114,15 @@ pub async fn run(
     .await
     .expect("cache open task")?;
     let cache = Arc::new(cache);
+    // Namespace settings from the config file, applied before the first request.
+    for update in &args.namespaces {
+        let name = update.name.clone();
+        cache
+            .configure_namespace(update.clone())
+            .await
+            .map_err(|e| ServeError::Config(format!("namespaces.{name}: {e}")))?;
+        tracing::info!(namespace = %name, "namespace configured from the config file");
+    }
     let maintenance = Maintenance::start(
         cache.clone(),
         MaintenanceSettings {

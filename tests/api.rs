@@ -328,3 +328,25 @@ async fn metrics_and_savings_count_a_known_sequence() {
     assert!(http_get(metrics_addr, "/nope").await.starts_with("HTTP/1.1 404"));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_from_the_config_file_are_applied_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = semcache::config::ServeArgs::with_dirs(dir.path(), model_dir());
+    args.namespaces = vec![semcache::cache::NamespaceUpdate {
+        name: "support".into(),
+        similarity_threshold: Some(0.9),
+        ttl_seconds: Some(3600),
+        max_entries: Some(10),
+        threshold_floor: Some(0.8),
+        hit_guards: Some(false),
+    }];
+    let server = TestServer::start_with(args).await;
+    let mut c = server.client.clone();
+    let ns = c.get_namespace(GetNamespaceRequest { name: "support".into() }).await.unwrap().into_inner();
+    assert_eq!(
+        (ns.similarity_threshold, ns.ttl_seconds, ns.max_entries, ns.threshold_floor, ns.hit_guards),
+        (0.9, 3600, 10, 0.8, false)
+    );
+    server.stop().await;
+}
