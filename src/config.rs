@@ -980,3 +980,39 @@ mod tests {
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }
+
+/// Settings of `semcache import`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// JSON lines to import, one entry per line ("-" reads stdin): query, response and
+    /// optionally namespace, scope, metadata, ttl_seconds, usage, context, context_key.
+    pub file: PathBuf,
+
+    /// The server, as a URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+
+    /// Namespace of lines that name none.
+    #[arg(long, default_value = "")]
+    pub namespace: String,
+
+    /// Stores in flight at once; enough to fill the server's batches.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+}
+
+/// Settings of `semcache export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// The server, as a URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+
+    /// Namespace to export (all when unset).
+    #[arg(long, default_value = "")]
+    pub namespace: String,
+
+    /// Where to write the JSON lines ("-" = stdout).
+    #[arg(long, short, default_value = "-")]
+    pub output: PathBuf,
+}

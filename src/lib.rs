@@ -15,6 +15,7 @@ pub mod load;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod transfer;
 
 /// The generated protobuf and gRPC code for `proto/semcache/v1/semcache.proto`.
 pub mod proto {

@@ -2,11 +2,14 @@ use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use semcache::cache::reembed;
-use semcache::config::{self, BenchArgs, CalibrateArgs, EvalArgs, LogFormat, PairsArgs, ReembedArgs, ServeArgs};
+use semcache::config::{
+    self, BenchArgs, CalibrateArgs, EvalArgs, ExportArgs, ImportArgs, LogFormat, PairsArgs, ReembedArgs, ServeArgs,
+};
 use semcache::embed::{check_model_dir, device, ModelInfo, SentenceModel};
 use semcache::eval;
 use semcache::load::{self, LoadConfig};
 use semcache::store::Store;
+use semcache::transfer;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
@@ -34,6 +37,11 @@ enum Command {
     /// Pick the lowest threshold that reaches a precision on a labelled pair file, and
     /// optionally set it on a namespace.
     Calibrate(CalibrateArgs),
+    /// Store entries from a JSON-lines file through a running server (batched through its
+    /// model like live traffic), with a progress bar and the rate.
+    Import(ImportArgs),
+    /// Write a running server's live entries as JSON lines that `import` reads back.
+    Export(ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +104,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(args) => run_bench(args).await?,
         Command::Eval(args) => run_eval(args).await?,
         Command::Calibrate(args) => run_calibrate(args).await?,
+        Command::Import(args) => run_import(args).await?,
+        Command::Export(args) => run_export(args).await?,
     }
     Ok(())
 }
@@ -291,6 +301,72 @@ async fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         println!("applied: namespace {} now has similarity_threshold {}", ns.name, ns.similarity_threshold);
     } else {
         println!("not applied (pass --apply to set it)");
+    }
+    Ok(())
+}
+
+async fn run_import(args: ImportArgs) -> anyhow::Result<()> {
+    let path = args.file.display().to_string();
+    let (reader, total): (Box<dyn std::io::BufRead + Send>, Option<u64>) = if path == "-" {
+        (Box::new(std::io::BufReader::new(std::io::stdin())), None)
+    } else {
+        let open = || std::fs::File::open(&args.file).with_context(|| format!("cannot open {path}"));
+        // One quick pass to count lines, so the bar can show an ETA.
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(open()?)).count() as u64;
+        (Box::new(std::io::BufReader::with_capacity(1 << 20, open()?)), Some(lines))
+    };
+    let bar = match total {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    }
+    .with_style(
+        ProgressStyle::with_template("[{bar:40}] {pos}/{len} lines, {per_sec}, eta {eta}")?.progress_chars("=> "),
+    );
+    let progress_bar = bar.clone();
+    let config = transfer::ImportConfig { clients: args.clients, namespace: args.namespace.clone() };
+    let report = transfer::import(
+        &args.addr,
+        &path,
+        reader,
+        &config,
+        std::sync::Arc::new(move |n| progress_bar.set_position(n)),
+    )
+    .await;
+    bar.finish_and_clear();
+    let report = report?;
+    println!(
+        "imported {} entries from {path} in {:.1} s: {:.0} lines/s",
+        report.imported,
+        report.elapsed.as_secs_f64(),
+        report.lines_per_second()
+    );
+    if !report.refused.is_empty() {
+        for (line, reason) in report.refused.iter().take(10) {
+            println!("{path}:{line}: refused: {reason}");
+        }
+        anyhow::bail!("the server refused {} of the lines (the rest were imported)", report.refused.len());
+    }
+    Ok(())
+}
+
+async fn run_export(args: ExportArgs) -> anyhow::Result<()> {
+    let total = transfer::count(&args.addr, &args.namespace).await?;
+    let to_stdout = args.output.as_os_str() == "-";
+    let mut out: Box<dyn std::io::Write + Send> = if to_stdout {
+        Box::new(std::io::BufWriter::new(std::io::stdout()))
+    } else {
+        let file =
+            std::fs::File::create(&args.output).with_context(|| format!("cannot create {}", args.output.display()))?;
+        Box::new(std::io::BufWriter::new(file))
+    };
+    // The bar goes to stderr, so stdout stays clean JSON lines.
+    let bar = ProgressBar::new(total)
+        .with_style(ProgressStyle::with_template("[{bar:40}] {pos}/{len} entries, {per_sec}")?.progress_chars("=> "));
+    let written = transfer::export(&args.addr, &args.namespace, &mut out, &|n| bar.set_position(n)).await;
+    bar.finish_and_clear();
+    let written = written?;
+    if !to_stdout {
+        println!("exported {written} entries to {}", args.output.display());
     }
     Ok(())
 }

@@ -243,3 +243,96 @@ async fn calibrate_picks_and_applies_the_lowest_threshold_meeting_the_precision(
     assert!(!ok && stderr.contains("not a ratio"), "{stderr}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_then_import_round_trips_entries_between_servers() {
+    use semcache::proto::{StoreRequest, Usage};
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::TestServer::start(&dir.path().join("a")).await;
+    let mut c = a.client.clone();
+    let stored = [
+        StoreRequest {
+            scope: common::scope(&[("tenant", "acme")]),
+            metadata: common::scope(&[("source", "gpt-4o")]),
+            usage: Some(Usage { input_tokens: 120, output_tokens: 30, cost_usd: 0.002 }),
+            ..common::store_req("support", "How do I reset my password?", "Settings > Security")
+        },
+        StoreRequest {
+            context: vec!["What are derivatives in finance?".into()],
+            ttl_seconds: Some(3600),
+            ..common::store_req("chat", "Give me an example", "Futures on wheat.")
+        },
+        common::store_req("chat", "What is the capital of France?", "Paris"),
+    ];
+    for s in stored {
+        common::store(&mut c, s).await;
+    }
+    let exported = dir.path().join("entries.jsonl");
+    let addr_a = format!("http://{}", a.addr);
+    let (ok, stdout, stderr) = run(args(&["export", "--addr", &addr_a, "--output", exported.to_str().unwrap()])).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("exported 3 entries"), "{stdout}");
+    a.stop().await;
+
+    let b = common::TestServer::start(&dir.path().join("b")).await;
+    let addr_b = format!("http://{}", b.addr);
+    let (ok, stdout, stderr) = run(args(&["import", exported.to_str().unwrap(), "--addr", &addr_b])).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("imported 3 entries") && stdout.contains("lines/s"), "{stdout}");
+
+    // What B exports is what A exported (the TTL may have lost a second in between).
+    let (ok, again, _) = run(args(&["export", "--addr", &addr_b])).await;
+    assert!(ok);
+    let normalise = |text: &str| -> Vec<serde_json::Value> {
+        let mut lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                if let Some(ttl) = v.get_mut("ttl_seconds").filter(|t| t.as_u64() != Some(0)) {
+                    assert!((3590..=3600).contains(&ttl.as_u64().unwrap()), "{ttl}");
+                    *ttl = 1.into();
+                }
+                v
+            })
+            .collect();
+        lines.sort_by_key(|v| v["query"].as_str().unwrap().to_owned());
+        lines
+    };
+    let before = normalise(&std::fs::read_to_string(&exported).unwrap());
+    assert_eq!(before, normalise(&again));
+    let reset = before.iter().find(|v| v["query"] == "How do I reset my password?").unwrap();
+    assert_eq!(reset["usage"]["input_tokens"], 120);
+    assert_eq!(reset["scope"]["tenant"], "acme");
+    let example = before.iter().find(|v| v["query"] == "Give me an example").unwrap();
+    assert_eq!(example["context_key"].as_str().unwrap().len(), 32);
+
+    // And the imported entries serve: the follow-up in its conversation, a paraphrase.
+    let mut c = b.client.clone();
+    let r = common::lookup(
+        &mut c,
+        semcache::proto::LookupRequest {
+            context: vec!["what are derivatives in finance?".into()],
+            ..common::lookup_req("chat", "Give me an example")
+        },
+    )
+    .await;
+    assert!(r.hit);
+    let mut l = common::lookup_req("support", "I forgot my password, how can I change it?");
+    l.scope = common::scope(&[("tenant", "acme")]);
+    assert!(common::lookup(&mut c, l).await.hit);
+
+    // A malformed line stops the import and is named; a refused one is reported.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"namespace\":\"x\",\"query\":\"q\",\"response\":\"\"}\n{\"namespace\":\"x\",\"query\":\"q2\",\"respons\":\"r\"}\n").unwrap();
+    let (ok, stdout, stderr) = run(args(&["import", bad.to_str().unwrap(), "--addr", &addr_b])).await;
+    assert!(!ok);
+    assert!(stderr.contains("bad.jsonl:2:") && stderr.contains("respons"), "{stdout}\n{stderr}");
+    let refused = dir.path().join("refused.jsonl");
+    std::fs::write(&refused, "{\"query\":\"q\",\"response\":\"\"}\n{\"query\":\"q2\",\"response\":\"r\"}\n").unwrap();
+    let (ok, stdout, stderr) =
+        run(args(&["import", refused.to_str().unwrap(), "--addr", &addr_b, "--namespace", "y"])).await;
+    assert!(!ok, "{stdout}");
+    assert!(stdout.contains("imported 1 entries") && stdout.contains("refused.jsonl:1: refused"), "{stdout}");
+    assert!(stderr.contains("refused 1 of the lines"), "{stderr}");
+    b.stop().await;
+}

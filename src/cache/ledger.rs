@@ -198,6 +198,11 @@ impl Ledger {
         self.lock().total_bytes
     }
 
+    /// Hits of an entry so far (`None` if it is gone).
+    pub fn hit_count(&self, id: u64) -> Option<u64> {
+        self.lock().entries.get(&id).map(|m| m.hit_count)
+    }
+
     /// Stored bytes of one namespace's entries.
     pub fn namespace_bytes(&self, namespace: &str) -> u64 {
         self.lock().namespaces.get(namespace).map_or(0, |ns| ns.bytes)

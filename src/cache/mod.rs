@@ -1068,6 +1068,35 @@ impl Cache {
         all
     }
 
+    /// Hands every live entry of a namespace (all when empty), oldest use first, with its hit
+    /// count, to `out`, reading RocksDB in bounded chunks; stops early when `out` returns
+    /// false. Blocking. Returns how many were handed over.
+    pub fn export(&self, namespace: &str, mut out: impl FnMut(Entry, u64) -> bool) -> Result<u64, CacheError> {
+        let names: Vec<String> = if namespace.is_empty() {
+            self.list_namespaces().into_iter().map(|v| v.settings.name).collect()
+        } else {
+            validate::namespace(namespace)?;
+            if self.namespace(namespace).is_none() {
+                return Err(CacheError::NamespaceNotFound(namespace.to_owned()));
+            }
+            vec![namespace.to_owned()]
+        };
+        let mut sent = 0;
+        for name in names {
+            for chunk in self.ledger.ids(&name, None).chunks(DELETE_CHUNK) {
+                let now = now_unix_ms();
+                for entry in self.store.get_entries(&name, chunk)?.into_iter().flatten().filter(|e| e.is_live(now)) {
+                    let hits = self.ledger.hit_count(entry.id).unwrap_or(0);
+                    if !out(entry, hits) {
+                        return Ok(sent);
+                    }
+                    sent += 1;
+                }
+            }
+        }
+        Ok(sent)
+    }
+
     /// Entries in RocksDB's catalog as the ledger counts them (for checks against the index).
     pub fn stored_entries(&self) -> u64 {
         self.ledger.len()

@@ -29,7 +29,13 @@ impl SemanticCacheService {
 
 fn entry_to_pb(e: Entry, hit_count: u64) -> pb::Entry {
     let (scope, context_key) = context::split(e.scope);
+    let usage = (e.input_tokens, e.output_tokens, e.cost_usd) != (0, 0, 0.0);
     pb::Entry {
+        usage: usage.then_some(pb::Usage {
+            input_tokens: e.input_tokens,
+            output_tokens: e.output_tokens,
+            cost_usd: e.cost_usd,
+        }),
         id: e.id.to_string(),
         namespace: e.namespace,
         query: e.query,
@@ -68,6 +74,32 @@ fn miss_reason_to_pb(reason: MissReason) -> pb::MissReason {
 
 #[tonic::async_trait]
 impl SemanticCache for SemanticCacheService {
+    type ExportStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Entry, Status>> + Send>>;
+
+    async fn export(&self, request: Request<pb::ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
+        let namespace = request.into_inner().namespace;
+        // Bounded: RocksDB is read only as fast as the client takes entries.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<pb::Entry, Status>>(256);
+        let cache = self.cache.clone();
+        tokio::task::spawn_blocking(move || {
+            let sent = cache.export(&namespace, |entry, hits| tx.blocking_send(Ok(entry_to_pb(entry, hits))).is_ok());
+            match sent {
+                Ok(sent) => tracing::debug!(rpc = "Export", %namespace, sent),
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e.into()));
+                }
+            }
+        });
+        // A refusal (bad or unknown namespace) comes before any entry: it is the RPC's
+        // status, not an item of an empty stream.
+        let first = rx.recv().await;
+        if let Some(Err(status)) = first {
+            return Err(status);
+        }
+        let rest = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::chain(tokio_stream::iter(first), rest))))
+    }
+
     async fn lookup(&self, request: Request<pb::LookupRequest>) -> Result<Response<pb::LookupResponse>, Status> {
         let started = Instant::now();
         let r = request.into_inner();

@@ -1,0 +1,300 @@
+//! `semcache import` and `semcache export`: entries as JSON lines, through the public API of
+//! a running server. Import goes through Store, so every line is embedded by the server's
+//! batching queue exactly like live traffic (concurrent requests become full batches) and
+//! lands durably with its namespace's capacity and TTL rules; export streams the Export RPC.
+//! The line format is the same both ways, so an export imports as is.
+
+use crate::load::{self, LoadError};
+use crate::proto::semantic_cache_client::SemanticCacheClient;
+use crate::proto::{ExportRequest, StatsRequest, StoreRequest, Usage};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// One entry as a JSON line.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Line {
+    /// May be left out when `semcache import --namespace` names it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    pub query: String,
+    pub response: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scope: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Lifetime from the import (absent: the namespace's default; 0: forever). An export
+    /// writes what is left of it.
+    #[serde(default, alias = "ttl", skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<LineUsage>,
+    /// Earlier turns of the conversation (hashed by the server) ...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context: Vec<String>,
+    /// ... or the context key itself, as an export writes it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub context_key: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineUsage {
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub cost_usd: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}:{line}: {reason}")]
+    Line { path: String, line: u64, reason: String },
+    #[error(transparent)]
+    Server(#[from] LoadError),
+}
+
+impl From<tonic::Status> for TransferError {
+    fn from(status: tonic::Status) -> Self {
+        Self::Server(status.into())
+    }
+}
+
+/// Parses one line; `namespace` fills in a line without one.
+pub fn parse(text: &str, namespace: &str) -> Result<StoreRequest, String> {
+    let mut line: Line = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if line.namespace.is_empty() {
+        if namespace.is_empty() {
+            return Err("no \"namespace\" (give one per line or pass --namespace)".into());
+        }
+        line.namespace = namespace.to_owned();
+    }
+    Ok(StoreRequest {
+        namespace: line.namespace,
+        query: line.query,
+        response: line.response,
+        scope: line.scope,
+        metadata: line.metadata,
+        ttl_seconds: line.ttl_seconds,
+        usage: line.usage.map(|u| Usage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cost_usd: u.cost_usd,
+        }),
+        context: line.context,
+        context_key: line.context_key,
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct ImportConfig {
+    /// Stores in flight at once: enough to fill the server's batches.
+    pub clients: usize,
+    /// Namespace of lines that name none.
+    pub namespace: String,
+}
+
+#[derive(Debug, Default)]
+pub struct ImportReport {
+    pub imported: u64,
+    /// Lines the server refused, with the reason (INVALID_ARGUMENT and the like); the rest
+    /// were imported.
+    pub refused: Vec<(u64, String)>,
+    pub elapsed: Duration,
+}
+
+impl ImportReport {
+    pub fn lines_per_second(&self) -> f64 {
+        self.imported as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Lines a reader holds ahead of the senders.
+const READ_AHEAD: usize = 1024;
+
+/// Imports JSON lines from `reader`. A line that is not valid JSON of the format stops the
+/// import (after the lines in flight) with its number; nothing after it is sent. A line the
+/// server refuses is reported and skipped. A full server queue is waited out, not skipped.
+pub async fn import(
+    addr: &str,
+    path: &str,
+    reader: impl BufRead + Send + 'static,
+    config: &ImportConfig,
+    progress: Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<ImportReport, TransferError> {
+    let client = load::connect(addr).await?;
+    let started = Instant::now();
+    let (tx, rx) = tokio::sync::mpsc::channel::<(u64, StoreRequest)>(READ_AHEAD);
+    let namespace = config.namespace.clone();
+    let path_owned = path.to_owned();
+    // Reading and parsing are blocking; they run beside the senders.
+    let reader = tokio::task::spawn_blocking(move || -> Result<(), TransferError> {
+        for (i, text) in reader.lines().enumerate() {
+            let line = i as u64 + 1;
+            let text = text.map_err(|source| TransferError::Io { path: path_owned.clone(), source })?;
+            if text.trim().is_empty() {
+                continue;
+            }
+            let req = parse(&text, &namespace).map_err(|reason| TransferError::Line {
+                path: path_owned.clone(),
+                line,
+                reason,
+            })?;
+            if tx.blocking_send((line, req)).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    });
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let imported = Arc::new(AtomicU64::new(0));
+    let refused: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..config.clients.max(1) {
+        let (mut client, rx, imported, refused, progress) =
+            (client.clone(), rx.clone(), imported.clone(), refused.clone(), progress.clone());
+        senders.spawn(async move {
+            loop {
+                let Some((line, req)) = rx.lock().await.recv().await else { return Ok(()) };
+                match store(&mut client, req).await {
+                    Ok(()) => progress(imported.fetch_add(1, Ordering::Relaxed) + 1),
+                    Err(status)
+                        if status.code() == Code::InvalidArgument || status.code() == Code::FailedPrecondition =>
+                    {
+                        refused.lock().expect("refused lock").push((line, status.message().to_owned()));
+                    }
+                    Err(status) => return Err(TransferError::from(status)),
+                }
+            }
+        });
+    }
+    let mut failure = None;
+    while let Some(done) = senders.join_next().await {
+        if let Err(e) = done.expect("import task panicked") {
+            failure.get_or_insert(e);
+            senders.abort_all();
+        }
+    }
+    let read = reader.await.expect("import reader panicked");
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    read?;
+    let mut refused = std::mem::take(&mut *refused.lock().expect("refused lock"));
+    refused.sort_unstable();
+    Ok(ImportReport { imported: imported.load(Ordering::Relaxed), refused, elapsed: started.elapsed() })
+}
+
+/// One Store, retried while the server's queue is full (with a growing pause).
+async fn store(client: &mut SemanticCacheClient<Channel>, req: StoreRequest) -> Result<(), tonic::Status> {
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match client.store(req.clone()).await {
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            other => return other.map(|_| ()),
+        }
+    }
+}
+
+/// Entries the server holds for an export of `namespace` ("" = all), for a progress bar.
+pub async fn count(addr: &str, namespace: &str) -> Result<u64, TransferError> {
+    let mut client = load::connect(addr).await?;
+    Ok(client.stats(StatsRequest { namespace: namespace.to_owned() }).await?.into_inner().entries)
+}
+
+/// Writes every live entry of `namespace` ("" = all) to `out` as JSON lines.
+pub async fn export(
+    addr: &str,
+    namespace: &str,
+    out: &mut (dyn Write + Send),
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<u64, TransferError> {
+    let mut client = load::connect(addr).await?;
+    let mut stream = client.export(ExportRequest { namespace: namespace.to_owned() }).await?.into_inner();
+    let io = |source| TransferError::Io { path: "output".into(), source };
+    let mut written = 0;
+    while let Some(entry) = stream.message().await? {
+        let now = crate::cache::now_unix_ms();
+        let ttl_seconds = match entry.expires_at_unix_ms {
+            0 => Some(0),
+            // Rounded up: the imported entry expires at most a second after the original,
+            // never before it.
+            at => Some(((at - now).max(1) as u64).div_ceil(1000)),
+        };
+        let line = Line {
+            namespace: entry.namespace,
+            query: entry.query,
+            response: entry.response,
+            scope: entry.scope,
+            metadata: entry.metadata,
+            ttl_seconds,
+            usage: entry.usage.map(|u| LineUsage {
+                input_tokens: u.input_tokens,
+                output_tokens: u.output_tokens,
+                cost_usd: u.cost_usd,
+            }),
+            context: Vec::new(),
+            context_key: entry.context_key,
+        };
+        serde_json::to_writer(&mut *out, &line).map_err(|e| io(e.into()))?;
+        out.write_all(b"\n").map_err(io)?;
+        written += 1;
+        progress(written);
+    }
+    out.flush().map_err(io)?;
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_parse_with_defaults_and_refuse_typos() {
+        let req = parse(r#"{"query":"q","response":"r"}"#, "support").unwrap();
+        assert_eq!((req.namespace.as_str(), req.ttl_seconds, req.usage), ("support", None, None));
+        let req = parse(
+            r#"{"namespace":"a","query":"q","response":"r","scope":{"model":"m"},"ttl":60,"usage":{"input_tokens":3},"context":["hi"]}"#,
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            (req.namespace.as_str(), req.ttl_seconds, req.scope.len(), req.context.len()),
+            ("a", Some(60), 1, 1)
+        );
+        assert_eq!(req.usage.unwrap().input_tokens, 3);
+        assert!(parse(r#"{"query":"q","respone":"r"}"#, "a").unwrap_err().contains("respone"));
+        assert!(parse(r#"{"query":"q","response":"r"}"#, "").unwrap_err().contains("--namespace"));
+        assert!(parse("not json", "a").is_err());
+    }
+
+    #[test]
+    fn an_exported_line_reads_back_the_same() {
+        let line = Line {
+            namespace: "a".into(),
+            query: "q".into(),
+            response: "r".into(),
+            scope: [("tenant".to_string(), "t".to_string())].into(),
+            ttl_seconds: Some(0),
+            usage: Some(LineUsage { input_tokens: 1, output_tokens: 2, cost_usd: 0.5 }),
+            context_key: "k".into(),
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&line).unwrap();
+        assert!(!text.contains("metadata") && !text.contains("\"context\""), "empty fields are left out: {text}");
+        assert_eq!(serde_json::from_str::<Line>(&text).unwrap(), line);
+    }
+}
