@@ -1,0 +1,148 @@
+'use strict';
+// A small promise-based semcache client for Node.js. The proto is loaded at runtime from
+// ../../proto (or $SEMCACHE_PROTO_DIR); nothing is generated.
+//
+//   const { SemcacheClient } = require('./semcache');
+//   const cache = new SemcacheClient('127.0.0.1:50051');
+//   const r = await cache.lookup('support', 'I forgot my password', { scope: { model: 'gpt-4o' } });
+//   if (!r.hit) await cache.store('support', 'I forgot my password', answer, { scope: { model: 'gpt-4o' } });
+//   cache.close();
+
+const path = require('path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const PROTO_ROOT = process.env.SEMCACHE_PROTO_DIR || path.resolve(__dirname, '..', '..', 'proto');
+
+const definition = protoLoader.loadSync('semcache/v1/semcache.proto', {
+  includeDirs: [PROTO_ROOT],
+  keepCase: true, // field names as in the proto: similarity_threshold, miss_reason, ...
+  longs: Number, // uint64 counters as JS numbers
+  enums: String, // miss_reason: 'MISS_REASON_BELOW_THRESHOLD'
+  defaults: true,
+  oneofs: true,
+});
+const proto = grpc.loadPackageDefinition(definition).semcache.v1;
+
+// grpc.health.v1.Health, declared inline (a few lines) rather than another dependency.
+const HealthService = grpc.loadPackageDefinition(
+  protoLoader.fromJSON(
+    {
+      nested: {
+        grpc: { nested: { health: { nested: { v1: { nested: {
+          HealthCheckRequest: { fields: { service: { type: 'string', id: 1 } } },
+          HealthCheckResponse: {
+            fields: { status: { type: 'ServingStatus', id: 1 } },
+            nested: { ServingStatus: { values: { UNKNOWN: 0, SERVING: 1, NOT_SERVING: 2, SERVICE_UNKNOWN: 3 } } },
+          },
+          Health: { methods: { Check: { requestType: 'HealthCheckRequest', responseType: 'HealthCheckResponse' } } },
+        } } } } } },
+      },
+    },
+    { enums: String, defaults: true },
+  ),
+).grpc.health.v1.Health;
+
+/** A failed RPC: `code` is the numeric gRPC status, `codeName` its name, `details` the server's message. */
+class SemcacheError extends Error {
+  constructor(method, err) {
+    const codeName = Object.keys(grpc.status).find((k) => grpc.status[k] === err.code) || String(err.code);
+    super(`semcache ${method} failed: ${codeName}: ${err.details || err.message}`);
+    this.name = 'SemcacheError';
+    this.method = method;
+    this.code = err.code;
+    this.codeName = codeName;
+    this.details = err.details || err.message;
+  }
+}
+
+/** `context`: an array of earlier turns (hashed by the server) or a string key of your own. */
+function contextFields(context) {
+  if (context == null) return {};
+  if (typeof context === 'string') return context ? { context_key: context } : {};
+  return { context: [...context] };
+}
+
+class SemcacheClient {
+  constructor(address = process.env.SEMCACHE_ADDR || '127.0.0.1:50051', { timeoutMs = 10000 } = {}) {
+    this.address = address;
+    this.timeoutMs = timeoutMs;
+    this.stub = new proto.SemanticCache(address, grpc.credentials.createInsecure());
+  }
+
+  close() {
+    this.stub.close();
+  }
+
+  call(method, request) {
+    return new Promise((resolve, reject) => {
+      const deadline = new Date(Date.now() + this.timeoutMs);
+      this.stub[method](request, { deadline }, (err, response) => {
+        if (err) reject(new SemcacheError(method, err));
+        else resolve(response);
+      });
+    });
+  }
+
+  /** Waits until the standard gRPC health service reports SERVING for semcache.v1.SemanticCache
+   *  (the model has loaded and warmed up). */
+  async waitUntilServing(timeoutMs = 60000) {
+    const health = new HealthService(this.address, grpc.credentials.createInsecure());
+    const until = Date.now() + timeoutMs;
+    let last = 'no answer';
+    try {
+      for (;;) {
+        try {
+          const r = await new Promise((resolve, reject) =>
+            health.Check({ service: 'semcache.v1.SemanticCache' }, { deadline: new Date(Date.now() + 2000) }, (e, v) =>
+              e ? reject(e) : resolve(v),
+            ),
+          );
+          if (r.status === 'SERVING') return;
+          last = r.status;
+        } catch (e) {
+          last = `${e.code}: ${e.details || e.message}`;
+        }
+        if (Date.now() > until) throw new Error(`semcache at ${this.address} not SERVING after ${timeoutMs} ms (${last})`);
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    } finally {
+      health.close();
+    }
+  }
+
+  /** Resolves to { hit, entry, similarity, nearest_id, threshold, veto, miss_reason }; a miss is not an error. */
+  async lookup(namespace, query, { scope, threshold, context } = {}) {
+    const req = { namespace, query, scope: scope || {}, ...contextFields(context) };
+    if (threshold != null) req.similarity_threshold = threshold;
+    const r = await this.call('Lookup', req);
+    return {
+      ...r,
+      entry: r.hit ? r.entry : null,
+      miss_reason: r.hit ? null : String(r.miss_reason).replace(/^MISS_REASON_/, ''),
+    };
+  }
+
+  /** Resolves to the new entry's id once it is durable. usage: { input_tokens, output_tokens, cost_usd }. */
+  async store(namespace, query, response, { scope, metadata, ttlSeconds, usage, context } = {}) {
+    const req = { namespace, query, response, scope: scope || {}, metadata: metadata || {}, ...contextFields(context) };
+    if (ttlSeconds != null) req.ttl_seconds = ttlSeconds;
+    if (usage) req.usage = usage;
+    return (await this.call('Store', req)).id;
+  }
+
+  /** settings: { similarity_threshold, ttl_seconds, max_entries, threshold_floor, hit_guards }; unset ones keep their value. */
+  configureNamespace(name, settings = {}) {
+    return this.call('ConfigureNamespace', { name, ...settings });
+  }
+
+  stats(namespace = '') {
+    return this.call('Stats', { namespace });
+  }
+
+  async dropNamespace(name) {
+    return (await this.call('DropNamespace', { name })).deleted;
+  }
+}
+
+module.exports = { SemcacheClient, SemcacheError, grpc };

@@ -1,0 +1,273 @@
+"""semcache as LiteLLM's response cache (Python SDK; litellm==1.110.2, see requirements.txt).
+
+    import litellm
+    from litellm_semcache import SemcacheLiteLLMCache
+
+    litellm.cache = SemcacheLiteLLMCache("127.0.0.1:50051", namespace="litellm")
+    litellm.completion(model="gpt-4o-mini", messages=[...])   # miss: calls the model, stores
+    litellm.completion(model="gpt-4o-mini", messages=[...])   # a paraphrase: served by semcache
+
+How a request maps onto semcache:
+  * query   = the last user message's text (a request with no user text, or with non-text
+              parts such as images, is neither looked up nor stored);
+  * scope   = {"model": <model>} plus, when present, a hash of the system prompt(s)
+              ("system") and of the parameters that change the answer's shape: tools,
+              tool_choice, functions, response_format, n ("params"), and the proxy's key /
+              team / org ids ("tenant"), so nothing crosses models, prompts or tenants;
+  * context = the earlier user/assistant turns (hashed by the server), so a follow-up only
+              hits inside the identical conversation;
+  * response = LiteLLM's cached JSON of the ModelResponse, usage = its token counts (and cost,
+              when LiteLLM knows the model's price), so semcache's Stats count the savings.
+
+`SemcacheCache` is the backend, a `litellm.caching.base_cache.BaseCache` with get_cache /
+set_cache and their async variants. `SemcacheLiteLLMCache` is a `litellm.Cache` that uses it;
+it exists because LiteLLM's synchronous lookup passes its backend only messages and metadata,
+and semcache needs the model (and the other scope parameters) at lookup time too.
+
+The cache never fails a completion: a semcache error is logged (logger "semcache.litellm")
+and treated as a miss / a skipped store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from litellm.caching.base_cache import BaseCache
+from litellm.caching.caching import Cache
+
+from semcache_client import SemcacheClient, SemcacheError, Usage
+
+__all__ = ["SemcacheCache", "SemcacheLiteLLMCache"]
+
+log = logging.getLogger("semcache.litellm")
+
+# Request parameters that change what a correct answer looks like: part of the scope.
+_SHAPE_PARAMS = ("tools", "tool_choice", "functions", "function_call", "response_format", "n")
+# What the lookup needs besides messages: LiteLLM's sync path forwards only messages/input/metadata.
+_FORWARDED_LOOKUP_PARAMS = ("model", "litellm_params", "litellm_metadata", *_SHAPE_PARAMS)
+# Proxy-set identity; entries never cross keys, teams or orgs.
+_TENANT_FIELDS = ("user_api_key_hash", "user_api_key", "user_api_key_team_id", "user_api_key_org_id")
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _text(content: Any) -> str | None:
+    """A message's text; None when it carries anything but text (images, audio, files)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not isinstance(part, Mapping) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                return None
+            parts.append(part["text"])
+        return "\n".join(parts)
+    return None if content is not None else ""
+
+
+class _Key:
+    """What one LiteLLM request means to semcache."""
+
+    def __init__(self, query: str, scope: dict[str, str], context: list[str]) -> None:
+        self.query, self.scope, self.context = query, scope, context
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> "_Key | None":
+        messages = kwargs.get("messages")
+        model = kwargs.get("model")
+        if not isinstance(messages, Sequence) or not messages or not model:
+            return None
+        last_user = next(
+            (i for i in range(len(messages) - 1, -1, -1) if isinstance(messages[i], Mapping) and messages[i].get("role") == "user"),
+            None,
+        )
+        if last_user is None:
+            return None
+        query = _text(messages[last_user].get("content"))
+        if query is None or not query.strip():
+            return None
+        system: list[str] = []
+        context: list[str] = []
+        for i, m in enumerate(messages):
+            if i == last_user or not isinstance(m, Mapping):
+                continue
+            text = _text(m.get("content"))
+            if text is None or m.get("tool_calls") or m.get("role") == "tool":
+                return None  # tool turns and non-text content: not a cacheable text question
+            if m.get("role") in ("system", "developer"):
+                system.append(text)
+            else:
+                context.append(f"{m.get('role')}: {text}")
+        scope = {"model": str(model)}
+        if system:
+            scope["system"] = _digest(system)
+        shape = {p: kwargs[p] for p in _SHAPE_PARAMS if kwargs.get(p) is not None}
+        if shape:
+            scope["params"] = _digest(shape)
+        metadata = kwargs.get("metadata")
+        litellm_params = kwargs.get("litellm_params")
+        if not isinstance(litellm_params, Mapping):
+            litellm_params = {}
+        candidates = (metadata, kwargs.get("litellm_metadata"), litellm_params.get("metadata"))
+        sources = [s for s in candidates if isinstance(s, Mapping)]
+        tenant = {f: str(s[f]) for f in _TENANT_FIELDS for s in sources if s.get(f)}
+        if tenant:
+            scope["tenant"] = _digest(tenant)
+        return cls(query, scope, context)
+
+
+class SemcacheCache(BaseCache):
+    """A LiteLLM cache backend over semcache (gRPC). Prefer SemcacheLiteLLMCache, which wires it in."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        namespace: str = "litellm",
+        *,
+        client: SemcacheClient | None = None,
+        threshold: float | None = None,
+        ttl_seconds: int | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        super().__init__(default_ttl=ttl_seconds or 0)
+        self.client = client or (SemcacheClient(address, timeout=timeout) if address else SemcacheClient(timeout=timeout))
+        self.namespace = namespace
+        self.threshold = threshold
+        self.ttl_seconds = ttl_seconds
+        self.last_lookup: Any = None  # the last LookupResult, for logging and tests
+
+    # -- sync ------------------------------------------------------------------------------
+
+    def get_cache(self, key: str, **kwargs: Any) -> dict[str, Any] | None:
+        k = _Key.from_kwargs(kwargs)
+        if k is None:
+            return None
+        try:
+            r = self.client.lookup(self.namespace, k.query, scope=k.scope, threshold=self.threshold, context=k.context or None)
+        except SemcacheError as e:
+            log.warning("semcache lookup failed, treating it as a miss: %s", e)
+            return None
+        self.last_lookup = r
+        metadata = kwargs.get("metadata")
+        if isinstance(metadata, dict):
+            metadata["semantic-similarity"] = r.similarity
+        if not r.hit or r.entry is None:
+            log.debug("semcache miss (%s, similarity %.3f) for %r", r.miss_reason, r.similarity, k.query)
+            return None
+        log.debug("semcache hit (similarity %.3f): %r answered by %r", r.similarity, k.query, r.entry.query)
+        # The shape LiteLLM's Cache.get_cache_logic expects: its own {"timestamp", "response"}.
+        return {"timestamp": r.entry.created_at_unix_ms / 1000.0, "response": r.entry.response}
+
+    def set_cache(self, key: str, value: Any, **kwargs: Any) -> None:
+        k = _Key.from_kwargs(kwargs)
+        if k is None:
+            return
+        response = value.get("response") if isinstance(value, Mapping) and "response" in value else value
+        if not isinstance(response, str):
+            try:
+                response = json.dumps(response, default=str)
+            except (TypeError, ValueError):
+                return
+        ttl = kwargs.get("ttl")
+        ttl_seconds = int(ttl) if ttl is not None else self.ttl_seconds
+        try:
+            self.client.store(
+                self.namespace,
+                k.query,
+                response,
+                scope=k.scope,
+                metadata={"source": "litellm"},
+                ttl_seconds=ttl_seconds,
+                usage=_usage(response, str(kwargs.get("model"))),
+                context=k.context or None,
+            )
+        except SemcacheError as e:
+            log.warning("semcache store failed, response not cached: %s", e)
+
+    # -- async: the blocking client on a worker thread ----------------------------------------
+
+    async def async_get_cache(self, key: str, **kwargs: Any) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self.get_cache, key, **kwargs)
+
+    async def async_set_cache(self, key: str, value: Any, **kwargs: Any) -> None:
+        await asyncio.to_thread(self.set_cache, key, value, **kwargs)
+
+    async def async_set_cache_pipeline(self, cache_list: list[tuple[str, Any]], **kwargs: Any) -> None:
+        await asyncio.gather(*(self.async_set_cache(k, v, **kwargs) for k, v in cache_list))
+
+    async def batch_cache_write(self, key: str, value: Any, **kwargs: Any) -> None:
+        await self.async_set_cache(key, value, **kwargs)
+
+    async def disconnect(self) -> None:
+        self.client.close()
+
+    async def test_connection(self) -> dict:
+        try:
+            await asyncio.to_thread(self.client.wait_until_serving, 5.0)
+            return {"status": "success", "message": f"semcache at {self.client.address} is SERVING"}
+        except Exception as e:  # noqa: BLE001 - reported, not raised
+            return {"status": "failed", "message": "semcache is not reachable", "error": str(e)}
+
+
+def _usage(response_json: str, model: str) -> Usage | None:
+    """Token counts (and the price, if LiteLLM knows the model's) of the response being cached."""
+    try:
+        u = json.loads(response_json).get("usage") or {}
+        prompt, completion = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
+    except (ValueError, AttributeError, TypeError):
+        return None
+    cost = 0.0
+    try:
+        from litellm import cost_per_token
+
+        p, c = cost_per_token(model=model, prompt_tokens=prompt, completion_tokens=completion)
+        cost = float(p + c)
+    except Exception:  # noqa: BLE001 - unknown model: no price
+        pass
+    return Usage(input_tokens=prompt, output_tokens=completion, cost_usd=cost)
+
+
+class SemcacheLiteLLMCache(Cache):
+    """`litellm.cache = SemcacheLiteLLMCache(address, namespace=...)`.
+
+    Takes `litellm.Cache`'s own options too (mode="default_off" for opt-in caching per
+    request with cache={"use-cache": True}, ttl=..., supported_call_types=...). By default
+    only chat completions are cached.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        namespace: str = "litellm",
+        *,
+        client: SemcacheClient | None = None,
+        threshold: float | None = None,
+        ttl_seconds: int | None = None,
+        supported_call_types: list[str] | None = None,
+        **cache_kwargs: Any,
+    ) -> None:
+        super().__init__(
+            type="local",
+            supported_call_types=supported_call_types or ["completion", "acompletion"],
+            **cache_kwargs,
+        )
+        self.cache: SemcacheCache = SemcacheCache(
+            address, namespace, client=client, threshold=threshold, ttl_seconds=ttl_seconds
+        )
+
+    @staticmethod
+    def _get_safe_cache_lookup_kwargs(kwargs: Mapping[str, object]) -> dict[str, object]:
+        lookup = dict(Cache._get_safe_cache_lookup_kwargs(kwargs))
+        for param in _FORWARDED_LOOKUP_PARAMS:
+            if param in kwargs:
+                lookup[param] = kwargs[param]
+        return lookup
