@@ -205,7 +205,10 @@ pub async fn run(
         .add_service(SemanticCacheService::new(cache.clone(), metrics).into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         .await?;
+    // Awaited, not just aborted: the task holds the cache, and the data dir is released only
+    // when the last holder lets go.
     summary.abort();
+    let _ = summary.await;
     let _ = metrics_stop.send(());
     if let Some(task) = metrics_task {
         if let Ok(Err(e)) = task.await {
