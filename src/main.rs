@@ -83,7 +83,9 @@ fn main() -> ExitCode {
 
 /// Log lines go to stdout, at the level `SEMCACHE_LOG` sets (default `info`).
 fn init_logging(format: LogFormat) {
+    // Colours only for a person at a terminal, never into a log file or a collector.
     let logs = tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(EnvFilter::try_from_env("SEMCACHE_LOG").unwrap_or_else(|_| EnvFilter::new("info")));
     match format {
         LogFormat::Human => logs.init(),
