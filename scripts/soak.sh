@@ -6,8 +6,8 @@
 #
 # The load, all through the public CLI against one server:
 #   - lookups: `semcache bench` rounds of 2,000 lookups from 16 clients, 70% exact repeats of
-#     50 stored questions and 30% new questions (each a forward pass), namespace kept, so the
-#     index grows by ~600 entries per round;
+#     50 stored questions and 30% new questions (each a forward pass), namespace kept between
+#     rounds;
 #   - stores: `semcache import` of 1,000 generated lines into a second namespace, round after
 #     round (the same questions again: each Store replaces the older answer);
 #   - export: `semcache export` of everything every 30 s;
