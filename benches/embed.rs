@@ -48,6 +48,15 @@ fn bench(c: &mut Criterion) {
         b.iter(|| one.install(|| model.embed(batch).unwrap()))
     });
     group.finish();
+
+    // A query at the default --max-query-bytes: only the window's tokens are read, so the
+    // tokenizer need not see the rest.
+    let mut tokenize = c.benchmark_group("tokenize_32k");
+    let long: String = QUERIES.iter().cycle().take(1000).copied().collect::<Vec<_>>().join(" ");
+    let long = &long[..long.floor_char_boundary(32 * 1024)];
+    tokenize.bench_function("window_prefix", |b| b.iter(|| model.tokenize(long).unwrap()));
+    tokenize.bench_function("whole_text", |b| b.iter(|| model.tokenize_whole(long).unwrap()));
+    tokenize.finish();
 }
 
 criterion_group! {

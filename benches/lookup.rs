@@ -8,17 +8,17 @@
 //!
 //! Not criterion: the targets are percentiles (p50) and ratios between figures of one run.
 
+use semcache::client::Client;
+use semcache::config::ClientArgs;
 use semcache::config::ServeArgs;
 use semcache::embed::{ModelInfo, SentenceModel};
 use semcache::index::{seeded_unit_vector, IndexParams, Partition};
 use semcache::load::{self, Latencies, LoadConfig};
-use semcache::proto::semantic_cache_client::SemanticCacheClient;
 use semcache::proto::{LookupRequest, StoreRequest};
 use semcache::store::keys;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 const NAMESPACE: &str = "bench";
 const STORED: &str = "How do I reset my password?";
@@ -54,7 +54,7 @@ fn time_each(n: u64, mut f: impl FnMut()) -> Latencies {
     )
 }
 
-fn lookup(rt: &tokio::runtime::Runtime, client: &SemanticCacheClient<Channel>, query: &str) -> bool {
+fn lookup(rt: &tokio::runtime::Runtime, client: &Client, query: &str) -> bool {
     let mut client = client.clone();
     let request = LookupRequest { namespace: NAMESPACE.into(), query: query.into(), ..Default::default() };
     rt.block_on(client.lookup(request)).expect("lookup").into_inner().hit
@@ -75,7 +75,7 @@ fn main() {
     let data = tempfile::tempdir().expect("temp dir");
     let server_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("server runtime");
     let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
-    let addr = format!("http://{}", listener.local_addr().expect("addr"));
+    let addr = ClientArgs::plain(format!("http://{}", listener.local_addr().expect("addr")));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let args = ServeArgs::with_dirs(data.path(), &model_dir);
     let server = server_rt.spawn(semcache::server::run(args, listener, async {

@@ -74,7 +74,7 @@ fn open(dir: &Path, model: &Path, info: &ModelInfo) -> (Cache, f64) {
         embedder,
         IndexParams::default(),
         Defaults { similarity_threshold: 0.85, ttl_seconds: 0, max_bytes: 0, hit_guards: true },
-        Limits { max_query_bytes: 32 * 1024, max_response_bytes: 1 << 20 },
+        Limits::default(),
     )
     .unwrap();
     (cache, started.elapsed().as_secs_f64())

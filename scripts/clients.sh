@@ -6,8 +6,10 @@
 #
 #   scripts/clients.sh [ADDRESS]   # a running server: ADDRESS, else $SEMCACHE_ADDR, else 127.0.0.1:50051
 #   scripts/clients.sh --serve     # builds semcache (dev profile, as `cargo test` does, so CI reuses
-#                                  # its build), serves it on a free port with a throwaway data dir,
-#                                  # runs the examples, stops it. $SEMCACHE_BIN: use that binary instead.
+#                                  # its build), serves it on a free port with a throwaway data dir
+#                                  # and a fresh bearer token (so the clients must send it), runs the
+#                                  # examples, stops it. $SEMCACHE_BIN: use that binary instead.
+# Against a server that requires a token, set SEMCACHE_TOKEN.
 #
 # Set-up, on a fresh Debian/Ubuntu machine: installs python3-venv, nodejs and npm with apt-get
 # if missing (as root, or with sudo); a Python venv with clients/python/requirements.txt in
@@ -89,12 +91,14 @@ fi
 server_pid=""
 data_dir=""
 log=""
+config=""
 cleanup() {
   if [[ -n $server_pid ]]; then
     kill "$server_pid" 2>/dev/null || true
     wait "$server_pid" 2>/dev/null || true
   fi
   [[ -z $data_dir ]] || rm -rf "$data_dir"
+  [[ -z ${config:-} ]] || rm -f "$config" "$config.token"
   [[ -z $log ]] || rm -f "$log"
 }
 trap cleanup EXIT
@@ -113,8 +117,14 @@ if ((serve)); then
   address=127.0.0.1:$port
   data_dir=$(mktemp -d)
   log=$(mktemp)
-  say "serving $bin on $address"
-  "$bin" serve --listen "$address" --data-dir "$data_dir" --model-dir models/all-MiniLM-L6-v2 >"$log" 2>&1 &
+  # A token made for this run: the server keeps its digest, the clients send it.
+  config=$(mktemp --suffix .toml)
+  rm -f "$config.token"
+  "$bin" token --name clients --token-file "$config.token" >"$config"
+  SEMCACHE_TOKEN=$(cat "$config.token")
+  export SEMCACHE_TOKEN
+  say "serving $bin on $address (bearer token required)"
+  "$bin" serve --config "$config" --listen "$address" --data-dir "$data_dir" --model-dir models/all-MiniLM-L6-v2 >"$log" 2>&1 &
   server_pid=$!
 fi
 
@@ -152,6 +162,21 @@ run "LiteLLM + semcache (clients/python/litellm_example.py)" \
   bash -c 'cd clients/python && exec "$1" litellm_example.py "$2"' _ "$venv/bin/python" "$address"
 run "Node.js client (clients/node/example.js)" \
   node clients/node/example.js "$address"
+if ((serve)); then
+  run "a call without the token is refused" \
+    bash -c 'cd clients/python && exec "$1" - "$2"' _ "$venv/bin/python" "$address" <<'PY'
+import sys
+import grpc
+from semcache_client import SemcacheClient, SemcacheError
+try:
+    SemcacheClient(sys.argv[1], token="").lookup("anything", "a question")
+except SemcacheError as e:
+    assert e.code == grpc.StatusCode.UNAUTHENTICATED, e
+    print(f"refused: {e}")
+else:
+    sys.exit("a call without a token was served")
+PY
+fi
 
 echo
 if ((${#failed[@]})); then

@@ -6,6 +6,7 @@
 //! source of truth). [`server`] wires them together for `semcache serve`.
 
 pub mod cache;
+pub mod client;
 pub mod config;
 pub mod embed;
 pub mod eval;

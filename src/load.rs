@@ -4,12 +4,12 @@
 //! throughput and latency percentiles. It is a plain client of the public API, so it measures
 //! what a gateway would see, network stack included.
 
-use crate::proto::semantic_cache_client::SemanticCacheClient;
+use crate::client::{self, Client, ConnectError};
+use crate::config::ClientArgs;
 use crate::proto::{DropNamespaceRequest, LookupRequest, StoreRequest};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 use tonic::Code;
 
 #[derive(Debug, Clone)]
@@ -130,23 +130,18 @@ fn is_repeat(i: u64, ratio: f64) -> bool {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{addr} is not a server address (expected e.g. http://127.0.0.1:50051): {reason}")]
-    Address { addr: String, reason: String },
-    #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: tonic::transport::Error },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("{0}")]
     Rpc(#[from] tonic::Status),
 }
 
-pub async fn connect(addr: &str) -> Result<SemanticCacheClient<Channel>, LoadError> {
-    let endpoint = Channel::from_shared(addr.to_owned())
-        .map_err(|e| LoadError::Address { addr: addr.into(), reason: e.to_string() })?;
-    let channel = endpoint.connect().await.map_err(|source| LoadError::Connect { addr: addr.into(), source })?;
-    Ok(SemanticCacheClient::new(channel))
+pub async fn connect(server: &ClientArgs) -> Result<Client, LoadError> {
+    Ok(client::connect(server).await?)
 }
 
 /// Stores the queries that repeats will hit (the first `entries` questions).
-pub async fn seed(client: &mut SemanticCacheClient<Channel>, config: &LoadConfig) -> Result<(), LoadError> {
+pub async fn seed(client: &mut Client, config: &LoadConfig) -> Result<(), LoadError> {
     for n in 0..config.entries {
         client
             .store(StoreRequest {
@@ -160,21 +155,21 @@ pub async fn seed(client: &mut SemanticCacheClient<Channel>, config: &LoadConfig
     Ok(())
 }
 
-pub async fn drop_namespace(client: &mut SemanticCacheClient<Channel>, namespace: &str) -> Result<u64, LoadError> {
+pub async fn drop_namespace(client: &mut Client, namespace: &str) -> Result<u64, LoadError> {
     Ok(client.drop_namespace(DropNamespaceRequest { name: namespace.into() }).await?.into_inner().deleted)
 }
 
 /// Runs the load. `fresh` picks where the never-seen questions start, so runs against the same
 /// server do not repeat each other's misses; `progress` is called after every answered lookup.
 pub async fn run(
-    addr: &str,
+    server: &ClientArgs,
     config: &LoadConfig,
     fresh: u64,
     progress: Arc<dyn Fn() + Send + Sync>,
 ) -> Result<LoadReport, LoadError> {
     let mut clients = Vec::with_capacity(config.clients);
     for _ in 0..config.clients.max(1) {
-        clients.push(connect(addr).await?);
+        clients.push(connect(server).await?);
     }
     let next = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));

@@ -4,6 +4,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use semcache::cache::reembed;
 use semcache::config::{
     self, BenchArgs, CalibrateArgs, EvalArgs, ExportArgs, ImportArgs, LogFormat, PairsArgs, ReembedArgs, ServeArgs,
+    TokenArgs,
 };
 use semcache::embed::{check_model_dir, device, ModelInfo, SentenceModel};
 use semcache::eval;
@@ -42,6 +43,9 @@ enum Command {
     Import(ImportArgs),
     /// Write a running server's live entries as JSON lines that `import` reads back.
     Export(ExportArgs),
+    /// Make a bearer token and print it with the `[tokens.NAME]` table that grants it (the
+    /// server's config file keeps only the token's digest).
+    Token(TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,7 +103,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
-            tracing::info!(addr = %listener.local_addr()?, data_dir = %args.data_dir.display(), "listening");
             semcache::server::run(args, listener, shutdown_signal()).await?;
         }
         Command::Reembed(args) => tokio::task::spawn_blocking(move || run_reembed(args)).await??,
@@ -108,6 +111,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Calibrate(args) => run_calibrate(args).await?,
         Command::Import(args) => run_import(args).await?,
         Command::Export(args) => run_export(args).await?,
+        Command::Token(args) => run_token(args)?,
     }
     Ok(())
 }
@@ -147,14 +151,14 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         entries: args.entries,
         namespace: args.namespace.clone(),
     };
-    let mut client = load::connect(&args.addr).await?;
+    let mut client = load::connect(&args.server).await?;
     println!(
         "{} clients, {} lookups ({:.0}% repeats of {} stored queries) against {}, namespace {:?}",
         config.clients,
         config.requests,
         config.hit_ratio * 100.0,
         config.entries,
-        args.addr,
+        args.server.addr,
         config.namespace
     );
     load::seed(&mut client, &config).await?;
@@ -164,7 +168,7 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let progress_bar = bar.clone();
     // New questions start past the stored ones and, very likely, past earlier runs' questions.
     let fresh = 6_400 * (1 + (semcache::cache::now_unix_ms() as u64 / 1_000) % 100_000);
-    let report = load::run(&args.addr, &config, fresh, std::sync::Arc::new(move || progress_bar.inc(1))).await?;
+    let report = load::run(&args.server, &config, fresh, std::sync::Arc::new(move || progress_bar.inc(1))).await?;
     bar.finish_and_clear();
     println!("{}", load::render(&report));
     if !args.keep {
@@ -220,7 +224,7 @@ async fn evaluate(args: &PairsArgs) -> anyhow::Result<(String, eval::RunResult)>
         lookups: ProgressBar::new(lookups).with_style(style("looking up")?),
     });
     let started = std::time::Instant::now();
-    let result = eval::run(&args.addr, pairs, &config, progress.clone()).await?;
+    let result = eval::run(&args.server, pairs, &config, progress.clone()).await?;
     progress.lookups.finish_and_clear();
     println!(
         "{name}: stored {} distinct queries and looked up {lookups} in {:.1} s{}",
@@ -253,7 +257,7 @@ async fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
 }
 
 async fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
-    let mut client = load::connect(&args.pairs.addr).await?;
+    let mut client = load::connect(&args.pairs.server).await?;
     let namespace = client.get_namespace(semcache::proto::GetNamespaceRequest { name: args.namespace.clone() }).await;
     let (guards, floor) = match namespace {
         Ok(ns) => (ns.get_ref().hit_guards, ns.get_ref().threshold_floor),
@@ -327,7 +331,7 @@ async fn run_import(args: ImportArgs) -> anyhow::Result<()> {
     let progress_bar = bar.clone();
     let config = transfer::ImportConfig { clients: args.clients, namespace: args.namespace.clone() };
     let report = transfer::import(
-        &args.addr,
+        &args.server,
         &path,
         reader,
         &config,
@@ -352,7 +356,7 @@ async fn run_import(args: ImportArgs) -> anyhow::Result<()> {
 }
 
 async fn run_export(args: ExportArgs) -> anyhow::Result<()> {
-    let total = transfer::count(&args.addr, &args.namespace).await?;
+    let total = transfer::count(&args.server, &args.namespace).await?;
     let to_stdout = args.output.as_os_str() == "-";
     let mut out: Box<dyn std::io::Write + Send> = if to_stdout {
         Box::new(std::io::BufWriter::new(std::io::stdout()))
@@ -364,7 +368,7 @@ async fn run_export(args: ExportArgs) -> anyhow::Result<()> {
     // The bar goes to stderr, so stdout stays clean JSON lines.
     let bar = ProgressBar::new(total)
         .with_style(ProgressStyle::with_template("[{bar:40}] {pos}/{len} entries, {per_sec}")?.progress_chars("=> "));
-    let written = transfer::export(&args.addr, &args.namespace, &mut out, &|n| bar.set_position(n)).await;
+    let written = transfer::export(&args.server, &args.namespace, &mut out, &|n| bar.set_position(n)).await;
     bar.finish_and_clear();
     let written = written?;
     if !to_stdout {
@@ -393,4 +397,48 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
+}
+
+fn run_token(args: TokenArgs) -> anyhow::Result<()> {
+    use semcache::grpc::auth;
+    if args.hash {
+        let mut token = String::new();
+        std::io::stdin().read_line(&mut token)?;
+        let token = token.trim_end_matches(['\n', '\r']);
+        anyhow::ensure!(!token.is_empty(), "no token on stdin (`--hash` digests the token given on stdin)");
+        println!("{}", auth::hash_token(token));
+        return Ok(());
+    }
+    semcache::cache::validate::namespace(&args.name)
+        .map_err(|e| anyhow::anyhow!("--name must be usable as a TOML key like a namespace name: {e}"))?;
+    for n in args.read.iter().chain(&args.write).filter(|n| n.as_str() != "*") {
+        semcache::cache::validate::namespace(n).map_err(|e| anyhow::anyhow!("--read/--write: {e}"))?;
+    }
+    let (read, write) = if args.read.is_empty() && args.write.is_empty() {
+        (vec!["*".to_string()], vec!["*".to_string()])
+    } else {
+        (args.read, args.write)
+    };
+    let token = auth::new_token().map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    let list = |l: &[String]| l.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ");
+    // The table (safe to append to the config file) on stdout; the secret apart from it.
+    match &args.token_file {
+        Some(path) => {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new();
+            std::os::unix::fs::OpenOptionsExt::mode(file.create_new(true).write(true), 0o600);
+            file.open(path)
+                .and_then(|mut f| writeln!(f, "{token}"))
+                .with_context(|| format!("cannot write the token to {} (it must not exist)", path.display()))?;
+        }
+        None => eprintln!("token for the client (shown only now; the server keeps its digest): {token}"),
+    }
+    println!("[tokens.{}]", args.name);
+    println!("sha256 = {:?}", auth::hash_token(&token));
+    println!("read = [{}]", list(&read));
+    println!("write = [{}]", list(&write));
+    if let Some(rps) = args.requests_per_second {
+        println!("requests_per_second = {rps}");
+    }
+    Ok(())
 }

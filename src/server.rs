@@ -1,9 +1,11 @@
 //! `semcache serve`: opens the data dir, starts the model thread and the gRPC server, and
 //! flips health to SERVING once the model has loaded and answered a warm-up request.
 
-use crate::cache::{validate, Cache, CacheError, Defaults, Limits, Maintenance, MaintenanceSettings};
+use crate::cache::{validate, Cache, CacheError, Defaults, Maintenance, MaintenanceSettings};
 use crate::config::ServeArgs;
 use crate::embed::{check_model_dir, BatchConfig, EmbedError, Embedder, ModelInfo};
+use crate::grpc::admission::AdmissionLayer;
+use crate::grpc::auth::Auth;
 use crate::grpc::{SemanticCacheServer, SemanticCacheService};
 use crate::index::IndexParams;
 use crate::metrics::Metrics;
@@ -31,6 +33,14 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("cannot listen for metrics on {addr}: {source}")]
     MetricsListen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot read {what} {}: {source}", .path.display())]
+    TlsFile { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
+    #[error(
+        "refusing to listen on {0}: no tokens are configured, so anyone who can reach it could read and \
+         write every namespace. Add [tokens.NAME] tables to the config file (`semcache token` makes one), \
+         listen on a loopback address, or pass --insecure-listen-any"
+    )]
+    Exposed(std::net::SocketAddr),
 }
 
 /// How often the info-level summary of traffic is logged (when there was any).
@@ -64,12 +74,34 @@ fn check_args(args: &ServeArgs) -> Result<(), ServeError> {
     if args.ef_search == 0 {
         return Err(ServeError::Config("--ef-search must be at least 1".into()));
     }
+    if args.max_in_flight == 0 || args.max_namespaces == 0 {
+        return Err(ServeError::Config("--max-in-flight and --max-namespaces must be at least 1".into()));
+    }
+    if args.max_request_bytes < 1024 {
+        return Err(ServeError::Config("--max-request-bytes must be at least 1024".into()));
+    }
     if args.sweep_interval_ms == 0 || args.checkpoint_interval_seconds == 0 {
         return Err(ServeError::Config(
             "--sweep-interval-ms and --checkpoint-interval-seconds must be at least 1".into(),
         ));
     }
     Ok(())
+}
+
+/// The TLS settings, when `--tls-cert` is given: the files are read here so that a missing one
+/// is refused at start, naming it.
+fn tls_config(args: &ServeArgs) -> Result<Option<tonic::transport::ServerTlsConfig>, ServeError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |what, path: &std::path::PathBuf| {
+        std::fs::read(path).map_err(|source| ServeError::TlsFile { what, path: path.clone(), source })
+    };
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else { return Ok(None) };
+    let mut tls =
+        ServerTlsConfig::new().identity(Identity::from_pem(read("--tls-cert", cert)?, read("--tls-key", key)?));
+    if let Some(ca) = &args.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read("--tls-client-ca", ca)?));
+    }
+    Ok(Some(tls))
 }
 
 /// Serves on `listener` until `shutdown` resolves (then in-flight requests finish) or the
@@ -80,6 +112,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     check_args(&args)?;
+    if let Ok(addr) = listener.local_addr() {
+        if args.tokens.is_empty() && !addr.ip().is_loopback() && !args.insecure_listen_any {
+            return Err(ServeError::Exposed(addr));
+        }
+    }
+    let tls = tls_config(&args)?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, data_dir = %args.data_dir.display(), tls = tls.is_some(), "listening");
+    }
     check_model_dir(&args.model.model_dir)?;
     let model_dir = args.model.model_dir.clone();
     let info = tokio::task::spawn_blocking(move || ModelInfo::read(&model_dir)).await.expect("model info task")?;
@@ -102,7 +143,7 @@ pub async fn run(
         max_bytes: args.max_bytes,
         hit_guards: args.hit_guards,
     };
-    let limits = Limits { max_query_bytes: args.max_query_bytes, max_response_bytes: args.max_response_bytes };
+    let limits = args.limits();
     let data_dir = args.data_dir.clone();
     let exact_scan_limit = args.exact_scan_limit;
     let ef_search = args.ef_search;
@@ -199,10 +240,21 @@ pub async fn run(
             Ok(()) = failed_rx => {}
         }
     };
-    tonic::transport::Server::builder()
+    let auth = Auth::new(&args.tokens);
+    match (auth.enabled(), tls.is_some()) {
+        (true, _) => tracing::info!(tokens = args.tokens.len(), tls = tls.is_some(), "bearer tokens required"),
+        (false, true) => tracing::info!(tls = true, "no tokens configured: every caller may read and write"),
+        (false, false) => tracing::warn!("no tokens and no TLS: every caller may read and write"),
+    }
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
+        .layer(AdmissionLayer::new(args.max_in_flight, args.max_request_bytes))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(SemanticCacheService::new(cache.clone(), metrics).into_server())
+        .add_service(SemanticCacheService::new(cache.clone(), metrics).into_server(auth, args.max_request_bytes))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         .await?;
     // Awaited, not just aborted: the task holds the cache, and the data dir is released only

@@ -4,8 +4,9 @@
 //! lands durably with its namespace's capacity and TTL rules; export streams the Export RPC.
 //! The line format is the same both ways, so an export imports as is.
 
+use crate::client::Client;
+use crate::config::ClientArgs;
 use crate::load::{self, LoadError};
-use crate::proto::semantic_cache_client::SemanticCacheClient;
 use crate::proto::{ExportRequest, StatsRequest, StoreRequest, Usage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -13,7 +14,6 @@ use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 use tonic::Code;
 
 /// One entry as a JSON line.
@@ -126,13 +126,13 @@ const READ_AHEAD: usize = 1024;
 /// import (after the lines in flight) with its number; nothing after it is sent. A line the
 /// server refuses is reported and skipped. A full server queue is waited out, not skipped.
 pub async fn import(
-    addr: &str,
+    server: &ClientArgs,
     path: &str,
     reader: impl BufRead + Send + 'static,
     config: &ImportConfig,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<ImportReport, TransferError> {
-    let client = load::connect(addr).await?;
+    let client = load::connect(server).await?;
     let started = Instant::now();
     let (tx, rx) = tokio::sync::mpsc::channel::<(u64, StoreRequest)>(READ_AHEAD);
     let namespace = config.namespace.clone();
@@ -196,7 +196,7 @@ pub async fn import(
 }
 
 /// One Store, retried while the server's queue is full (with a growing pause).
-async fn store(client: &mut SemanticCacheClient<Channel>, req: StoreRequest) -> Result<(), tonic::Status> {
+async fn store(client: &mut Client, req: StoreRequest) -> Result<(), tonic::Status> {
     let mut pause = Duration::from_millis(5);
     loop {
         match client.store(req.clone()).await {
@@ -210,19 +210,19 @@ async fn store(client: &mut SemanticCacheClient<Channel>, req: StoreRequest) -> 
 }
 
 /// Entries the server holds for an export of `namespace` ("" = all), for a progress bar.
-pub async fn count(addr: &str, namespace: &str) -> Result<u64, TransferError> {
-    let mut client = load::connect(addr).await?;
+pub async fn count(server: &ClientArgs, namespace: &str) -> Result<u64, TransferError> {
+    let mut client = load::connect(server).await?;
     Ok(client.stats(StatsRequest { namespace: namespace.to_owned() }).await?.into_inner().entries)
 }
 
 /// Writes every live entry of `namespace` ("" = all) to `out` as JSON lines.
 pub async fn export(
-    addr: &str,
+    server: &ClientArgs,
     namespace: &str,
     out: &mut (dyn Write + Send),
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<u64, TransferError> {
-    let mut client = load::connect(addr).await?;
+    let mut client = load::connect(server).await?;
     let mut stream = client.export(ExportRequest { namespace: namespace.to_owned() }).await?.into_inner();
     let io = |source| TransferError::Io { path: "output".into(), source };
     let mut written = 0;

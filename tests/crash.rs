@@ -17,20 +17,16 @@
 
 mod common;
 
-use common::{lookup_req, model_dir, scope, store_req};
+use common::process::Server;
+use common::{lookup_req, scope, store_req};
 use semcache::proto::semantic_cache_client::SemanticCacheClient;
 use semcache::proto::StatsRequest;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 const CLIENTS: usize = 4;
 const NAMESPACE: &str = "crash";
@@ -47,122 +43,10 @@ struct Ack {
     scope: BTreeMap<String, String>,
 }
 
-/// A running `semcache serve`. Dropping it kills the process, so a failing assertion never
-/// leaves a server running behind the test.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// Starts the binary on `data_dir` and waits until health says SERVING.
-    async fn start(data_dir: &Path, log: PathBuf) -> (Self, Channel) {
-        for _ in 0..3 {
-            let mut server = Self::spawn(data_dir, log.clone());
-            match server.wait_serving().await {
-                Ok(channel) => return (server, channel),
-                // Another process took the probed port before the server bound it.
-                Err(output) if output.contains("cannot listen") => continue,
-                Err(output) => panic!("{output}"),
-            }
-        }
-        panic!("semcache could not bind a free port in 3 attempts");
-    }
-
-    fn spawn(data_dir: &Path, log: PathBuf) -> Self {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        // A file rather than a pipe: nobody drains a pipe while the test is busy, and a full one
-        // would stall the server's logging.
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_semcache"));
-        // Keep a developer's own settings out of these runs.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("SEMCACHE_") {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd
-            .args(["serve", "--warmup-rounds", "1", "--listen", &addr.to_string()])
-            // Small graphs checkpointed every second, so kills also land in background
-            // rebuilds and checkpoint writes, and restarts go through checkpoint recovery.
-            .args(["--exact-scan-limit", "64", "--checkpoint-interval-seconds", "1", "--sweep-interval-ms", "100"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--model-dir")
-            .arg(model_dir())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawn semcache");
-        Self { child, addr, log }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The server's log if it exits first.
-    async fn wait_serving(&mut self) -> Result<Channel, String> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let endpoint = Endpoint::from_shared(self.url()).unwrap().connect_timeout(Duration::from_secs(1));
-        let mut channel = None;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Err(format!("semcache exited with {status} before SERVING:\n{}", self.output()));
-            }
-            assert!(Instant::now() < deadline, "semcache did not become SERVING within 60 s:\n{}", self.output());
-            if channel.is_none() {
-                channel = endpoint.connect().await.ok();
-            }
-            if let Some(ch) = &channel {
-                let check = HealthClient::new(ch.clone()).check(HealthCheckRequest { service: String::new() }).await;
-                if check.is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32) {
-                    return Ok(ch.clone());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn sigkill(mut self) {
-        assert!(
-            self.child.try_wait().unwrap().is_none(),
-            "semcache died on its own before the kill:\n{}",
-            self.output()
-        );
-        self.child.kill().unwrap();
-        let status = self.child.wait().unwrap();
-        assert_eq!(status.signal(), Some(9), "semcache exited with {status} instead of dying by SIGKILL");
-    }
-
-    /// SIGTERM and wait for a clean exit, as an operator stops it.
-    async fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success(), "kill -TERM {pid}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "semcache did not stop within 30 s of SIGTERM:\n{}", self.output());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        assert!(status.success(), "semcache exited with {status} after SIGTERM:\n{}", self.output());
-    }
-}
+/// Small graphs checkpointed every second, so kills also land in background rebuilds and
+/// checkpoint writes, and restarts go through checkpoint recovery.
+const SERVER_ARGS: [&str; 6] =
+    ["--exact-scan-limit", "64", "--checkpoint-interval-seconds", "1", "--sweep-interval-ms", "100"];
 
 /// Stores unique entries until the server goes away. Returns what was acknowledged, and an
 /// error if a Store failed while the server was still meant to be up.
@@ -292,7 +176,7 @@ async fn acknowledged_stores_survive_sigkill() {
     let started = Instant::now();
     for (round, &delay) in delays.iter().enumerate() {
         let t = Instant::now();
-        let (server, _) = Server::start(&data, tmp.path().join(format!("round{round}-killed.log"))).await;
+        let (server, _) = Server::start(&data, tmp.path().join(format!("round{round}-killed.log")), &SERVER_ARGS).await;
         let start_s = t.elapsed().as_secs_f64();
         let killed = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> =
@@ -318,7 +202,8 @@ async fn acknowledged_stores_survive_sigkill() {
         acked.extend(new.iter().cloned());
 
         let t = Instant::now();
-        let (server, channel) = Server::start(&data, tmp.path().join(format!("round{round}-recovered.log"))).await;
+        let (server, channel) =
+            Server::start(&data, tmp.path().join(format!("round{round}-recovered.log")), &SERVER_ARGS).await;
         let recover_s = t.elapsed().as_secs_f64();
         let lost = lost_entries(&channel, &acked).await;
         assert!(

@@ -101,3 +101,40 @@ async fn concurrent_requests_get_their_own_vectors_from_shared_batches() {
         }
     }
 }
+
+#[test]
+fn long_texts_tokenise_as_if_whole() {
+    let (model, _) = load();
+    let window = model.info().max_seq_length;
+    let words =
+        ["password", "réinitialiser", "密码重置", "don't", "U.S.A.", "x".repeat(150).leak(), "🙂", "naïve", "3.14"];
+    let mut cases = Vec::new();
+    // Ordinary prose, mixed scripts, punctuation runs, long whitespace gaps, words over the
+    // tokenizer's 100-character limit, and a text whose prefix does not fill the window.
+    for seed in 0..6usize {
+        let mut text = String::new();
+        for i in 0..3000 {
+            text.push_str(words[(i * 7 + seed * 3 + i / 5) % words.len()]);
+            text.push_str(match (i + seed) % 11 {
+                0 => ",\t",
+                3 => "  \n ",
+                7 => "!?",
+                _ => " ",
+            });
+        }
+        cases.push(text);
+    }
+    cases.push(format!("{}{}", " ".repeat(window * 20), "after a long gap ".repeat(400)));
+    cases.push(format!("{} tail words here", "y".repeat(window * 40)));
+    // Whitespace that BERT's normaliser deletes (it is also a control character) joins words.
+    cases.push("ab\u{b}cd\u{85}ef\u{c}gh ".repeat(window * 3));
+    for (i, text) in cases.iter().enumerate() {
+        assert!(text.len() > window * SentenceModel::PREFIX_BYTES_PER_TOKEN);
+        let fast = model.tokenize(text).unwrap();
+        let whole = model.tokenize_whole(text).unwrap();
+        assert_eq!(fast.get_ids(), whole.get_ids(), "{}", &text[..80]);
+        assert_eq!(fast.get_attention_mask(), whole.get_attention_mask());
+        // The prose fills the window (the short cut is taken); the long word does not.
+        assert_eq!(fast.get_ids().len() == window, i != 7, "case {i}");
+    }
+}

@@ -64,10 +64,18 @@ function contextFields(context) {
 }
 
 class SemcacheClient {
-  constructor(address = process.env.SEMCACHE_ADDR || '127.0.0.1:50051', { timeoutMs = 10000 } = {}) {
+  /** `token`: bearer token for a server that requires one (default $SEMCACHE_TOKEN);
+   *  `credentials`: e.g. grpc.credentials.createSsl(fs.readFileSync('ca.pem')) for TLS. */
+  constructor(
+    address = process.env.SEMCACHE_ADDR || '127.0.0.1:50051',
+    { timeoutMs = 10000, token = process.env.SEMCACHE_TOKEN, credentials = grpc.credentials.createInsecure() } = {},
+  ) {
     this.address = address;
     this.timeoutMs = timeoutMs;
-    this.stub = new proto.SemanticCache(address, grpc.credentials.createInsecure());
+    this.credentials = credentials;
+    this.metadata = new grpc.Metadata();
+    if (token) this.metadata.set('authorization', `Bearer ${token}`);
+    this.stub = new proto.SemanticCache(address, credentials);
   }
 
   close() {
@@ -77,7 +85,7 @@ class SemcacheClient {
   call(method, request) {
     return new Promise((resolve, reject) => {
       const deadline = new Date(Date.now() + this.timeoutMs);
-      this.stub[method](request, { deadline }, (err, response) => {
+      this.stub[method](request, this.metadata, { deadline }, (err, response) => {
         if (err) reject(new SemcacheError(method, err));
         else resolve(response);
       });
@@ -87,7 +95,7 @@ class SemcacheClient {
   /** Waits until the standard gRPC health service reports SERVING for semcache.v1.SemanticCache
    *  (the model has loaded and warmed up). */
   async waitUntilServing(timeoutMs = 60000) {
-    const health = new HealthService(this.address, grpc.credentials.createInsecure());
+    const health = new HealthService(this.address, this.credentials);
     const until = Date.now() + timeoutMs;
     let last = 'no answer';
     try {

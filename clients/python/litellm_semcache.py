@@ -38,6 +38,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import grpc
 from litellm.caching.base_cache import BaseCache
 from litellm.caching.caching import Cache
 
@@ -185,13 +186,17 @@ class SemcacheCache(BaseCache):
                 k.query,
                 response,
                 scope=k.scope,
-                metadata={"source": "litellm"},
+                metadata={"source": "litellm", **_incomplete(response)},
                 ttl_seconds=ttl_seconds,
                 usage=_usage(response, str(kwargs.get("model"))),
                 context=k.context or None,
             )
         except SemcacheError as e:
-            log.warning("semcache store failed, response not cached: %s", e)
+            if e.code == grpc.StatusCode.FAILED_PRECONDITION:
+                # A truncated answer that the server is configured not to cache.
+                log.debug("semcache did not cache the response: %s", e)
+            else:
+                log.warning("semcache store failed, response not cached: %s", e)
 
     # -- async: the blocking client on a worker thread ----------------------------------------
 
@@ -216,6 +221,17 @@ class SemcacheCache(BaseCache):
             return {"status": "success", "message": f"semcache at {self.client.address} is SERVING"}
         except Exception as e:  # noqa: BLE001 - reported, not raised
             return {"status": "failed", "message": "semcache is not reachable", "error": str(e)}
+
+
+def _incomplete(response_json: str) -> dict[str, str]:
+    """semcache's marker for an answer cut off at the token limit, which the server caches only
+    when started with --cache-incomplete."""
+    try:
+        choices = json.loads(response_json).get("choices") or []
+        reasons = {c.get("finish_reason") for c in choices if isinstance(c, Mapping)}
+    except (ValueError, AttributeError, TypeError):
+        return {}
+    return {"semcache.incomplete": "truncated"} if "length" in reasons else {}
 
 
 def _usage(response_json: str, model: str) -> Usage | None:

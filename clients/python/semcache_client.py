@@ -238,11 +238,14 @@ def _context_fields(context: Sequence[str] | str | None) -> dict[str, Any]:
 @dataclass
 class SemcacheClient:
     """A blocking client over one gRPC channel. Thread-safe; use it as a context manager or
-    call close(). `timeout` is the per-call deadline in seconds."""
+    call close(). `timeout` is the per-call deadline in seconds. `token` is the bearer token
+    for a server that requires one (default $SEMCACHE_TOKEN); `credentials` turn on TLS, e.g.
+    grpc.ssl_channel_credentials(root_certificates=open("ca.pem", "rb").read())."""
 
     address: str = field(default_factory=lambda: os.environ.get("SEMCACHE_ADDR", "127.0.0.1:50051"))
     timeout: float = 10.0
     credentials: grpc.ChannelCredentials | None = None
+    token: str | None = field(default_factory=lambda: os.environ.get("SEMCACHE_TOKEN") or None)
 
     def __post_init__(self) -> None:
         if self.credentials is not None:
@@ -250,6 +253,7 @@ class SemcacheClient:
         else:
             self._channel = grpc.insecure_channel(self.address)
         self._stub = pb_grpc.SemanticCacheStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -293,7 +297,7 @@ class SemcacheClient:
 
     def _call(self, method: str, request: Any) -> Any:
         try:
-            return getattr(self._stub, method)(request, timeout=self.timeout)
+            return getattr(self._stub, method)(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             raise SemcacheError(method, e.code(), e.details() or "") from None
 

@@ -2,8 +2,9 @@
 //! query and scope, normalisation (the exact-repeat key), the conversation-context key and the
 //! generic-follow-up check, the hit guards' word analysis, and the model's tokenizer, on
 //! arbitrary bytes. Beyond "never panics", it checks what the cache relies on: normalising
-//! twice changes nothing, the guards give the same verdict both ways round, and tokenising
-//! stays within the model's window.
+//! twice changes nothing, the guards give the same verdict both ways round, tokenising
+//! stays within the model's window, and a long text's prefix short cut gives the same tokens
+//! as tokenising all of it.
 
 #![no_main]
 
@@ -38,8 +39,10 @@ fuzz_target!(|data: &[u8]| {
         fields.clone().zip(fields.skip(1)).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
 
     let _ = validate::namespace(namespace);
-    let _ = validate::text("query", query, 32 * 1024);
-    let _ = validate::map("scope", &scope, validate::MAX_SCOPE_ENTRIES);
+    let limits = validate::Limits::default();
+    let _ = validate::text("query", query, limits.max_query_bytes, "--max-query-bytes");
+    let _ = validate::map("scope", &scope, limits.scope());
+    let _ = validate::incomplete(&scope, false);
     let _ = validate::entry_id(other);
 
     let normalized = normalize(query);
@@ -57,5 +60,16 @@ fuzz_target!(|data: &[u8]| {
     if query.len() <= 32 * 1024 {
         let encoding = model().tokenize(query).expect("the tokenizer accepts any text");
         assert!(encoding.len() <= model().info().max_seq_length, "{} tokens", encoding.len());
+    }
+
+    // Past the prefix the tokenizer is given for long texts, the short cut must give the same
+    // tokens as tokenising the whole text: the query repeated to just past it.
+    if !query.is_empty() {
+        let limit = model().info().max_seq_length * SentenceModel::PREFIX_BYTES_PER_TOKEN;
+        let mut long = query.repeat(limit / query.len() + 2);
+        long.truncate(long.floor_char_boundary(limit + 512));
+        let fast = model().tokenize(&long).expect("tokenize");
+        let whole = model().tokenize_whole(&long).expect("tokenize");
+        assert_eq!(fast.get_ids(), whole.get_ids(), "the prefix short cut changed the tokens of {query:?} repeated");
     }
 });

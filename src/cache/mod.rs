@@ -64,6 +64,12 @@ pub enum CacheError {
          model, start with the model it was made with, or drop the namespace"
     )]
     ModelMismatch { namespace: String, stored: String, current: String },
+    /// An operator's limit on what the server holds (not on one request's size).
+    #[error("{reason} ({limit})")]
+    LimitReached { limit: &'static str, reason: String },
+    /// A well-formed Store of something this server is configured not to cache.
+    #[error("{0}")]
+    NotCacheable(String),
     #[error(transparent)]
     Embed(#[from] EmbedError),
     #[error(transparent)]
@@ -469,8 +475,8 @@ impl Cache {
 
     pub async fn lookup(self: &Arc<Self>, req: LookupRequest) -> Result<LookupOutcome, CacheError> {
         validate::namespace(&req.namespace)?;
-        validate::text("query", &req.query, self.limits.max_query_bytes)?;
-        validate::map("scope", &req.scope, validate::MAX_SCOPE_ENTRIES)?;
+        validate::text("query", &req.query, self.limits.max_query_bytes, "--max-query-bytes")?;
+        validate::map("scope", &req.scope, self.limits.scope())?;
         if let Some(t) = req.similarity_threshold {
             validate::threshold("similarity_threshold", t)?;
         }
@@ -590,10 +596,11 @@ impl Cache {
     /// Caches a response; returns the new entry's id once it is durable.
     pub async fn store(self: &Arc<Self>, mut req: StoreRequest) -> Result<u64, CacheError> {
         validate::namespace(&req.namespace)?;
-        validate::text("query", &req.query, self.limits.max_query_bytes)?;
-        validate::text("response", &req.response, self.limits.max_response_bytes)?;
-        validate::map("scope", &req.scope, validate::MAX_SCOPE_ENTRIES)?;
-        validate::map("metadata", &req.metadata, validate::MAX_METADATA_ENTRIES)?;
+        validate::text("query", &req.query, self.limits.max_query_bytes, "--max-query-bytes")?;
+        validate::text("response", &req.response, self.limits.max_response_bytes, "--max-response-bytes")?;
+        validate::map("scope", &req.scope, self.limits.scope())?;
+        validate::map("metadata", &req.metadata, self.limits.metadata())?;
+        validate::incomplete(&req.metadata, self.limits.cache_incomplete)?;
         let context = context::key(&req.context, &req.context_key)?;
         if !req.usage.cost_usd.is_finite() || req.usage.cost_usd < 0.0 {
             return Err(CacheError::InvalidArgument {
@@ -601,8 +608,10 @@ impl Cache {
                 reason: format!("is {}; it must be a finite number >= 0", req.usage.cost_usd),
             });
         }
-        if let Some(ns) = self.namespace(&req.namespace) {
-            self.usable(&ns, &req.namespace)?;
+        match self.namespace(&req.namespace) {
+            Some(ns) => self.usable(&ns, &req.namespace)?,
+            // Refused before the model's work; checked again when the namespace is created.
+            None => self.room_for_namespace(&req.namespace)?,
         }
         let vector = self.embedder.embed(&req.query).await?;
         let this = self.clone();
@@ -740,11 +749,27 @@ impl Cache {
         if let Some(ns) = self.namespace(name) {
             return Ok(ns);
         }
+        self.room_for_namespace(name)?;
         let record = default_record(name, self.defaults, &self.embedder.info().fingerprint, now);
         self.persist_namespace(&record)?;
         let state = NamespaceState::new(record);
         self.namespaces.write().expect("namespaces lock").insert(name.to_owned(), state.clone());
         Ok(state)
+    }
+
+    fn room_for_namespace(&self, name: &str) -> Result<(), CacheError> {
+        let count = self.namespaces.read().expect("namespaces lock").len();
+        if count >= self.limits.max_namespaces {
+            return Err(CacheError::LimitReached {
+                limit: "--max-namespaces",
+                reason: format!(
+                    "cannot create namespace {name:?}: {count} namespaces exist and at most {} are allowed; \
+                     drop unused ones or raise the limit",
+                    self.limits.max_namespaces
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn persist_namespace(&self, record: &NamespaceRecord) -> Result<(), CacheError> {
@@ -756,7 +781,7 @@ impl Cache {
     pub async fn delete(self: &Arc<Self>, namespace: String, target: DeleteTarget) -> Result<u64, CacheError> {
         validate::namespace(&namespace)?;
         if let DeleteTarget::Scope(scope) = &target {
-            validate::map("scope", scope, validate::MAX_SCOPE_ENTRIES)?;
+            validate::map("scope", scope, self.limits.scope())?;
         }
         let id = match &target {
             DeleteTarget::Id(id) => Some(validate::entry_id(id)?),

@@ -5,17 +5,68 @@ use super::CacheError;
 use std::collections::BTreeMap;
 
 pub const MAX_NAMESPACE_LEN: usize = 128;
-pub const MAX_SCOPE_ENTRIES: usize = 32;
-pub const MAX_METADATA_ENTRIES: usize = 64;
 pub const MAX_MAP_KEY_BYTES: usize = 256;
-/// Scope values may hold a whole system prompt.
+/// Scope values may hold a whole system prompt; also the limit of one context turn.
 pub const MAX_MAP_VALUE_BYTES: usize = 64 * 1024;
 
-/// Size limits that the operator can change.
+/// The metadata key by which a gateway marks a response that should normally not be cached:
+/// `truncated` (the model hit its token limit) or `error`.
+pub const INCOMPLETE_KEY: &str = "semcache.incomplete";
+const INCOMPLETE_VALUES: [&str; 2] = ["truncated", "error"];
+
+/// What a request may carry, set by the operator (each field is the flag of the same name).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_query_bytes: usize,
     pub max_response_bytes: usize,
+    pub max_scope_entries: usize,
+    pub max_metadata_entries: usize,
+    pub max_map_value_bytes: usize,
+    /// Namespaces that may exist; a Store or ConfigureNamespace that would create one more
+    /// is refused.
+    pub max_namespaces: usize,
+    /// Whether Store accepts a response that its metadata marks as [`INCOMPLETE_KEY`].
+    pub cache_incomplete: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_query_bytes: 32 * 1024,
+            max_response_bytes: 1024 * 1024,
+            max_scope_entries: 32,
+            max_metadata_entries: 64,
+            max_map_value_bytes: MAX_MAP_VALUE_BYTES,
+            max_namespaces: 10_000,
+            cache_incomplete: false,
+        }
+    }
+}
+
+/// The limits of one map field, with the flags that set them (named in refusals).
+#[derive(Debug, Clone, Copy)]
+pub struct MapLimit {
+    pub entries: usize,
+    pub entries_flag: &'static str,
+    pub value_bytes: usize,
+}
+
+impl Limits {
+    pub fn scope(&self) -> MapLimit {
+        MapLimit {
+            entries: self.max_scope_entries,
+            entries_flag: "--max-scope-entries",
+            value_bytes: self.max_map_value_bytes,
+        }
+    }
+
+    pub fn metadata(&self) -> MapLimit {
+        MapLimit {
+            entries: self.max_metadata_entries,
+            entries_flag: "--max-metadata-entries",
+            value_bytes: self.max_map_value_bytes,
+        }
+    }
 }
 
 fn invalid(field: &'static str, reason: String) -> CacheError {
@@ -38,12 +89,14 @@ pub fn namespace(name: &str) -> Result<(), CacheError> {
     Ok(())
 }
 
-pub fn text(field: &'static str, value: &str, max_bytes: usize) -> Result<(), CacheError> {
-    if value.trim().is_empty() {
-        return Err(invalid(field, "is empty (or only whitespace)".into()));
+/// A query or response; `flag` is the setting that allows `max_bytes`.
+pub fn text(field: &'static str, value: &str, max_bytes: usize, flag: &str) -> Result<(), CacheError> {
+    // Control characters are dropped by the tokenizer: a text of nothing else says nothing.
+    if value.chars().all(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(field, "is empty (or only whitespace and control characters)".into()));
     }
     if value.len() > max_bytes {
-        return Err(invalid(field, format!("is {} bytes; at most {max_bytes} are allowed", value.len())));
+        return Err(invalid(field, format!("is {} bytes; at most {max_bytes} are allowed ({flag})", value.len())));
     }
     Ok(())
 }
@@ -63,9 +116,12 @@ pub fn floor(value: f32) -> Result<(), CacheError> {
     Ok(())
 }
 
-pub fn map(field: &'static str, map: &BTreeMap<String, String>, max_entries: usize) -> Result<(), CacheError> {
-    if map.len() > max_entries {
-        return Err(invalid(field, format!("has {} entries; at most {max_entries} are allowed", map.len())));
+pub fn map(field: &'static str, map: &BTreeMap<String, String>, limit: MapLimit) -> Result<(), CacheError> {
+    if map.len() > limit.entries {
+        return Err(invalid(
+            field,
+            format!("has {} entries; at most {} are allowed ({})", map.len(), limit.entries, limit.entries_flag),
+        ));
     }
     for (k, v) in map {
         if k.is_empty() {
@@ -81,11 +137,48 @@ pub fn map(field: &'static str, map: &BTreeMap<String, String>, max_entries: usi
                 ),
             ));
         }
-        if v.len() > MAX_MAP_VALUE_BYTES {
+        if v.len() > limit.value_bytes {
             return Err(invalid(
                 field,
-                format!("value of {k:?} is {} bytes; at most {MAX_MAP_VALUE_BYTES} are allowed", v.len()),
+                format!(
+                    "value of {:?} is {} bytes; at most {} are allowed (--max-map-value-bytes)",
+                    truncate(k),
+                    v.len(),
+                    limit.value_bytes
+                ),
             ));
+        }
+    }
+    Ok(())
+}
+
+/// Store's metadata: keys under `semcache.` are reserved, and a response marked incomplete is
+/// cached only when the operator allows it.
+pub fn incomplete(metadata: &BTreeMap<String, String>, allowed: bool) -> Result<(), CacheError> {
+    for (k, v) in metadata.range("semcache.".to_string()..) {
+        if !k.starts_with("semcache.") {
+            break;
+        }
+        if k != INCOMPLETE_KEY {
+            return Err(invalid(
+                "metadata",
+                format!(
+                    "key {:?} is reserved (keys starting with \"semcache.\"); the only one is {INCOMPLETE_KEY:?}",
+                    truncate(k)
+                ),
+            ));
+        }
+        if !INCOMPLETE_VALUES.contains(&v.as_str()) {
+            return Err(invalid(
+                "metadata",
+                format!("{INCOMPLETE_KEY} is {:?}; it must be one of {}", truncate(v), INCOMPLETE_VALUES.join(", ")),
+            ));
+        }
+        if !allowed {
+            return Err(CacheError::NotCacheable(format!(
+                "the response is marked {INCOMPLETE_KEY} = {v:?} and this server does not cache incomplete \
+                 responses (start it with --cache-incomplete to allow them)"
+            )));
         }
     }
     Ok(())
@@ -122,9 +215,12 @@ mod tests {
 
     #[test]
     fn texts_and_thresholds() {
-        assert!(reason(text("query", " \n\t", 10)).contains("empty"));
-        assert!(reason(text("query", "abcdefghijk", 10)).contains("11 bytes"));
-        assert!(text("query", "ok", 10).is_ok());
+        assert!(reason(text("query", " \n\t", 10, "--max-query-bytes")).contains("empty"));
+        let long = reason(text("query", "abcdefghijk", 10, "--max-query-bytes"));
+        assert!(long.contains("11 bytes") && long.contains("(--max-query-bytes)"), "{long}");
+        assert!(text("query", "ok", 10, "--max-query-bytes").is_ok());
+        assert!(reason(text("query", "\u{0}\u{1b}\u{7f}\r", 10, "--max-query-bytes")).contains("control"));
+        assert!(text("query", "a\u{0}b", 10, "--max-query-bytes").is_ok());
         for bad in [0.0, -0.1, 1.0001, f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             assert!(threshold("similarity_threshold", bad).is_err(), "{bad}");
         }
@@ -135,15 +231,29 @@ mod tests {
 
     #[test]
     fn maps_and_ids() {
+        let limit = MapLimit { entries: 4, ..Limits::default().scope() };
         let mut m = BTreeMap::new();
         m.insert(String::new(), "x".to_string());
-        assert!(reason(map("scope", &m, 4)).contains("empty key"));
+        assert!(reason(map("scope", &m, limit)).contains("empty key"));
         let big: BTreeMap<_, _> = (0..5).map(|i| (i.to_string(), String::new())).collect();
-        assert!(reason(map("scope", &big, 4)).contains("5 entries"));
+        let many = reason(map("scope", &big, limit));
+        assert!(many.contains("5 entries") && many.contains("--max-scope-entries"), "{many}");
         let long: BTreeMap<_, _> = [("k".to_string(), "v".repeat(MAX_MAP_VALUE_BYTES + 1))].into();
-        assert!(reason(map("metadata", &long, 4)).contains("bytes"));
+        assert!(reason(map("metadata", &long, Limits::default().metadata())).contains("--max-map-value-bytes"));
         assert_eq!(entry_id("42").unwrap(), 42);
         assert!(reason(entry_id("abc")).contains("decimal"));
         assert!(entry_id("-1").is_err());
+    }
+
+    #[test]
+    fn incomplete_responses_need_the_operator() {
+        let meta = |k: &str, v: &str| -> BTreeMap<String, String> { [(k.to_string(), v.to_string())].into() };
+        assert!(incomplete(&meta("source", "gpt"), false).is_ok());
+        assert!(incomplete(&meta("semcachex", "1"), false).is_ok());
+        let refused = incomplete(&meta(INCOMPLETE_KEY, "truncated"), false).unwrap_err();
+        assert!(matches!(&refused, CacheError::NotCacheable(m) if m.contains("--cache-incomplete")), "{refused}");
+        assert!(incomplete(&meta(INCOMPLETE_KEY, "error"), true).is_ok());
+        assert!(reason(incomplete(&meta(INCOMPLETE_KEY, "maybe"), true)).contains("truncated, error"));
+        assert!(reason(incomplete(&meta("semcache.other", "x"), true)).contains("reserved"));
     }
 }

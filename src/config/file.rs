@@ -6,6 +6,7 @@
 
 use super::ServeArgs;
 use crate::cache::{validate, CacheError, NamespaceUpdate};
+use crate::grpc::auth::{self, TokenSpec};
 use clap::{parser::ValueSource, Arg, ArgMatches, Args, FromArgMatches};
 use std::{any::TypeId, ffi::OsString, path::PathBuf};
 
@@ -52,6 +53,12 @@ struct Setting {
     source: String,
 }
 
+/// Keys of `[tokens.NAME]`.
+const TOKEN_KEYS: [&str; 4] = ["sha256", "read", "write", "requests_per_second"];
+
+/// Top-level tables.
+const SECTIONS: [&str; 3] = ["server", "namespaces", "tokens"];
+
 /// Keys of `[namespaces.NAME]`.
 const NAMESPACE_KEYS: [&str; 5] =
     ["similarity_threshold", "ttl_seconds", "max_entries", "threshold_floor", "hit_guards"];
@@ -82,6 +89,7 @@ pub fn resolve(matches: &ArgMatches) -> Result<Resolved, ConfigError> {
     let mut from_file: Vec<&str> = Vec::new();
     let mut file_argv: Vec<OsString> = Vec::new();
     let mut namespaces = Vec::new();
+    let mut tokens = Vec::new();
     for (section, value) in &table {
         match section.as_str() {
             "server" => {
@@ -101,7 +109,7 @@ pub fn resolve(matches: &ArgMatches) -> Result<Resolved, ConfigError> {
                     let flag = flag_value(&path, &cmd, arg, &full, value)?;
                     from_file.push(id);
                     if matches!(matches.value_source(id), None | Some(ValueSource::DefaultValue)) {
-                        file_argv.push(flag);
+                        file_argv.extend(flag);
                     }
                 }
             }
@@ -111,17 +119,33 @@ pub fn resolve(matches: &ArgMatches) -> Result<Resolved, ConfigError> {
                     namespaces.push(namespace_update(&path, name, value)?);
                 }
             }
+            "tokens" => {
+                let tables = value.as_table().ok_or_else(|| wrong_type(&path, "tokens", "a table", value))?;
+                for (name, value) in tables {
+                    let token = token_spec(&path, name, value)?;
+                    if let Some(twin) = tokens.iter().find(|t: &&TokenSpec| t.sha256 == token.sha256) {
+                        return Err(ConfigError::InvalidValue {
+                            path,
+                            key: format!("tokens.{}.sha256", toml_key(name)),
+                            value: format!("{:?}", token.sha256),
+                            reason: format!("is also the digest of tokens.{}; each token must be distinct", twin.name),
+                        });
+                    }
+                    tokens.push(token);
+                }
+            }
             other => {
                 return Err(ConfigError::UnknownKey {
                     path,
                     key: other.to_string(),
-                    hint: suggest(other, ["server", "namespaces"]),
-                    known: vec!["server".into(), "namespaces".into()],
+                    hint: suggest(other, SECTIONS),
+                    known: SECTIONS.iter().map(|s| s.to_string()).collect(),
                 })
             }
         }
     }
     namespaces.sort_by(|a, b| a.name.cmp(&b.name));
+    tokens.sort_by(|a, b| a.name.cmp(&b.name));
 
     // Parse again with the file's values as flags after the command line's own; environment
     // variables are read again by clap, and only fill what neither sets.
@@ -137,6 +161,7 @@ pub fn resolve(matches: &ArgMatches) -> Result<Resolved, ConfigError> {
     let settings = describe(&cmd, &final_matches, matches, &from_file);
     let mut args = args;
     args.namespaces = namespaces;
+    args.tokens = tokens;
     Ok(Resolved { args, settings })
 }
 
@@ -180,6 +205,19 @@ impl Resolved {
             }
             if let Some(g) = ns.hit_guards {
                 out.push_str(&format!("hit_guards = {g}\n"));
+            }
+        }
+        let list = |l: &[String]| l.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ");
+        for t in &self.args.tokens {
+            out.push_str(&format!("\n[tokens.{}]\n", toml_key(&t.name)));
+            out.push_str(&format!(
+                "sha256 = {:?}\nread = [{}]\nwrite = [{}]\n",
+                t.sha256,
+                list(&t.read),
+                list(&t.write)
+            ));
+            if let Some(rps) = t.requests_per_second {
+                out.push_str(&format!("requests_per_second = {rps}\n"));
             }
         }
         out
@@ -239,16 +277,25 @@ fn find_arg<'c>(cmd: &'c clap::Command, key: &str) -> Option<&'c Arg> {
     cmd.get_arguments().find(|a| file_settable(a) && a.get_long() == Some(long.as_str()))
 }
 
-/// The file's value as the flag `--long=value`, checked by the flag's own parser.
+/// The file's value as the flag `--long=value`, checked by the flag's own parser; a switch
+/// (`--insecure-listen-any`) is `--long` when true and nothing when false.
 fn flag_value(
     path: &std::path::Path,
     cmd: &clap::Command,
     arg: &Arg,
     key: &str,
     value: &toml::Value,
-) -> Result<OsString, ConfigError> {
+) -> Result<Option<OsString>, ConfigError> {
     use toml::Value;
     let kind = Kind::of(arg);
+    if matches!(arg.get_action(), clap::ArgAction::SetTrue) {
+        let long = arg.get_long().expect("file-settable flags are long");
+        return match value {
+            Value::Boolean(true) => Ok(Some(format!("--{long}").into())),
+            Value::Boolean(false) => Ok(None),
+            _ => Err(wrong_type(path, key, kind.expected(), value)),
+        };
+    }
     let text = match (kind, value) {
         (Kind::Bool, Value::Boolean(b)) => b.to_string(),
         (Kind::Integer | Kind::Float, Value::Integer(i)) => i.to_string(),
@@ -276,7 +323,7 @@ fn flag_value(
         };
         return Err(invalid(reason));
     }
-    Ok(flag)
+    Ok(Some(flag))
 }
 
 /// The flags that `matches` got from the command line, to parse again.
@@ -396,6 +443,94 @@ fn namespace_update(path: &std::path::Path, name: &str, value: &toml::Value) -> 
         }
     }
     Ok(update)
+}
+
+fn token_spec(path: &std::path::Path, name: &str, value: &toml::Value) -> Result<TokenSpec, ConfigError> {
+    let at = |key: &str| format!("tokens.{}.{key}", toml_key(name));
+    let table =
+        value.as_table().ok_or_else(|| wrong_type(path, &format!("tokens.{}", toml_key(name)), "a table", value))?;
+    let invalid = |key: &str, value: &toml::Value, reason: String| ConfigError::InvalidValue {
+        path: path.to_path_buf(),
+        key: at(key),
+        value: value.to_string(),
+        reason,
+    };
+    let mut spec = TokenSpec {
+        name: name.to_string(),
+        sha256: String::new(),
+        read: Vec::new(),
+        write: Vec::new(),
+        requests_per_second: None,
+    };
+    for (key, value) in table {
+        match key.replace('-', "_").as_str() {
+            "sha256" => {
+                let digest = value.as_str().ok_or_else(|| wrong_type(path, &at(key), "a string", value))?;
+                if !auth::is_digest(digest) {
+                    return Err(invalid(
+                        key,
+                        value,
+                        "must be the token's SHA-256 as 64 lowercase hex digits (`semcache token` makes a token \
+                         and its digest; `printf %s \"$TOKEN\" | sha256sum` digests one you have)"
+                            .into(),
+                    ));
+                }
+                spec.sha256 = digest.to_string();
+            }
+            right @ ("read" | "write") => {
+                let list =
+                    value.as_array().ok_or_else(|| wrong_type(path, &at(key), "an array of namespace names", value))?;
+                let mut names = Vec::new();
+                for item in list {
+                    let n = item
+                        .as_str()
+                        .ok_or_else(|| wrong_type(path, &at(key), "an array of namespace names", value))?;
+                    if n != "*" {
+                        validate::namespace(n)
+                            .map_err(|e| invalid(key, item, format!("namespace name {}", reason(e))))?;
+                    }
+                    names.push(n.to_string());
+                }
+                if right == "read" {
+                    spec.read = names;
+                } else {
+                    spec.write = names;
+                }
+            }
+            "requests_per_second" => {
+                let n = value.as_integer().ok_or_else(|| wrong_type(path, &at(key), "an integer", value))?;
+                let n = u32::try_from(n).ok().and_then(std::num::NonZeroU32::new).ok_or_else(|| {
+                    invalid(key, value, "must be a whole number from 1 up (omit it for no limit)".into())
+                })?;
+                spec.requests_per_second = Some(n);
+            }
+            _ => {
+                return Err(ConfigError::UnknownKey {
+                    path: path.to_path_buf(),
+                    key: at(key),
+                    hint: suggest(key, TOKEN_KEYS),
+                    known: TOKEN_KEYS.iter().map(|k| k.to_string()).collect(),
+                })
+            }
+        }
+    }
+    if spec.sha256.is_empty() {
+        return Err(ConfigError::InvalidValue {
+            path: path.to_path_buf(),
+            key: at("sha256"),
+            value: "(missing)".into(),
+            reason: "is required: the SHA-256 of the token (`semcache token` makes one)".into(),
+        });
+    }
+    if spec.read.is_empty() && spec.write.is_empty() {
+        return Err(ConfigError::InvalidValue {
+            path: path.to_path_buf(),
+            key: at("read"),
+            value: "(missing)".into(),
+            reason: "the token grants nothing: give `read` and/or `write` a list of namespaces (\"*\" = all)".into(),
+        });
+    }
+    Ok(spec)
 }
 
 /// A namespace name as a TOML key.
@@ -652,6 +787,69 @@ mod tests {
         let e = resolve(&matches).unwrap_err();
         assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
         assert!(e.to_string().contains("cannot read config file /no/such/semcache.toml"), "{e}");
+    }
+
+    #[test]
+    fn tokens_and_switches_come_from_the_file() {
+        let digest = auth::hash_token("s3cret");
+        let r = resolve_with(
+            &format!(
+                "[server]\ninsecure_listen_any = true\ncache_incomplete = false\n\
+                 [tokens.gateway]\nsha256 = \"{digest}\"\nread = [\"support\", \"docs\"]\nwrite = [\"support\"]\n\
+                 requests_per_second = 50\n[tokens.admin]\nsha256 = \"{}\"\nread = [\"*\"]\nwrite = [\"*\"]\n",
+                auth::hash_token("root")
+            ),
+            &[],
+        )
+        .unwrap();
+        assert!(r.args.insecure_listen_any && !r.args.cache_incomplete);
+        let names: Vec<_> = r.args.tokens.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["admin", "gateway"]);
+        let gw = &r.args.tokens[1];
+        assert_eq!((gw.sha256.as_str(), gw.read.len(), gw.write.len()), (digest.as_str(), 2, 1));
+        assert_eq!(gw.requests_per_second.map(|n| n.get()), Some(50));
+        // The printed config reads back the same.
+        let again = resolve_with(&r.to_toml(), &[]).unwrap();
+        assert_eq!(again.args.tokens, r.args.tokens);
+        assert!(again.args.insecure_listen_any);
+    }
+
+    #[test]
+    fn bad_tokens_are_refused_naming_the_key() {
+        let d = auth::hash_token("x");
+        for (text, says) in [
+            (
+                "[tokens.a]\nsha256 = \"abc\"\nread = [\"*\"]",
+                "tokens.a.sha256: invalid value \"abc\": must be the token's SHA-256",
+            ),
+            (&format!("[tokens.a]\nsha256 = \"{d}\""), "the token grants nothing"),
+            ("[tokens.a]\nread = [\"*\"]", "tokens.a.sha256: invalid value (missing)"),
+            (
+                &format!("[tokens.a]\nsha256 = \"{d}\"\nread = [\"bad name\"]"),
+                "tokens.a.read: invalid value \"bad name\": namespace name contains ' '",
+            ),
+            (
+                &format!("[tokens.a]\nsha256 = \"{d}\"\nread = \"*\""),
+                "tokens.a.read: expected an array of namespace names",
+            ),
+            (
+                &format!("[tokens.a]\nsha256 = \"{d}\"\nwrite = [\"*\"]\nrequests_per_second = 0"),
+                "must be a whole number from 1 up",
+            ),
+            (
+                &format!("[tokens.a]\nsha256 = \"{d}\"\nwrites = [\"*\"]"),
+                "unknown key tokens.a.writes (did you mean write?)",
+            ),
+            (
+                &format!("[tokens.a]\nsha256 = \"{d}\"\nread = [\"*\"]\n[tokens.b]\nsha256 = \"{d}\"\nread = [\"*\"]"),
+                "also the digest of tokens.a",
+            ),
+            ("[token.a]\nsha256 = \"x\"", "unknown key token (did you mean tokens?)"),
+            ("[server]\ninsecure_listen_any = \"yes\"", "expected a boolean"),
+        ] {
+            let (_, m) = refusal(text);
+            assert!(m.contains(says), "{text:?}: {m}");
+        }
     }
 
     #[test]

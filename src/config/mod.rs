@@ -8,6 +8,7 @@ mod file;
 pub use file::{resolve, serve_args, ConfigError, Resolved};
 
 use crate::cache::NamespaceUpdate;
+use crate::grpc::auth::TokenSpec;
 use clap::{Args, ValueEnum};
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -59,9 +60,28 @@ pub struct ServeArgs {
     #[arg(long, env = "SEMCACHE_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
 
-    /// Address the gRPC server listens on.
+    /// Address the gRPC server listens on. Without tokens in the config file only a loopback
+    /// address is accepted, unless --insecure-listen-any.
     #[arg(long, env = "SEMCACHE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+
+    /// Listen on a non-loopback address although no tokens are configured, so that anyone who
+    /// can reach the port can read and write every namespace.
+    #[arg(long, env = "SEMCACHE_INSECURE_LISTEN_ANY")]
+    pub insecure_listen_any: bool,
+
+    /// PEM certificate chain for TLS (with --tls-key); plaintext when unset.
+    #[arg(long, env = "SEMCACHE_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SEMCACHE_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates that client certificates must chain to (mutual TLS: a client
+    /// without such a certificate cannot connect). Needs --tls-cert.
+    #[arg(long, env = "SEMCACHE_TLS_CLIENT_CA", value_name = "PEM", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Address of the Prometheus endpoint (HTTP `GET /metrics`); off when unset.
     #[arg(long, env = "SEMCACHE_METRICS_LISTEN")]
@@ -118,6 +138,37 @@ pub struct ServeArgs {
     #[arg(long, env = "SEMCACHE_MAX_RESPONSE_BYTES", default_value_t = 1024 * 1024)]
     pub max_response_bytes: usize,
 
+    /// Largest request message accepted, in bytes, refused (RESOURCE_EXHAUSTED) from its
+    /// length prefix before it is read.
+    #[arg(long, env = "SEMCACHE_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Most scope entries in a request.
+    #[arg(long, env = "SEMCACHE_MAX_SCOPE_ENTRIES", default_value_t = 32)]
+    pub max_scope_entries: usize,
+
+    /// Most metadata entries in a Store.
+    #[arg(long, env = "SEMCACHE_MAX_METADATA_ENTRIES", default_value_t = 64)]
+    pub max_metadata_entries: usize,
+
+    /// Largest scope or metadata value, in bytes (a scope value may be a whole system prompt).
+    #[arg(long, env = "SEMCACHE_MAX_MAP_VALUE_BYTES", default_value_t = crate::cache::validate::MAX_MAP_VALUE_BYTES)]
+    pub max_map_value_bytes: usize,
+
+    /// Most namespaces; a Store or ConfigureNamespace that would create one more is refused.
+    #[arg(long, env = "SEMCACHE_MAX_NAMESPACES", default_value_t = 10_000)]
+    pub max_namespaces: usize,
+
+    /// Cache API calls in progress at once, across all connections; beyond this, calls are
+    /// refused at once with RESOURCE_EXHAUSTED (health checks are not counted).
+    #[arg(long, env = "SEMCACHE_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+
+    /// Cache responses that the gateway marks `semcache.incomplete` (truncated or error) in
+    /// their metadata; refused with FAILED_PRECONDITION otherwise.
+    #[arg(long, env = "SEMCACHE_CACHE_INCOMPLETE")]
+    pub cache_incomplete: bool,
+
     /// Bytes the whole data set may hold (entries as stored: texts, metadata, vector); beyond
     /// it the least recently used entries of any namespace are evicted. 0 = unbounded.
     #[arg(long, env = "SEMCACHE_MAX_BYTES", default_value_t = 0)]
@@ -147,6 +198,57 @@ pub struct ServeArgs {
     /// applied when the server starts (namespaces missing are created).
     #[arg(skip)]
     pub namespaces: Vec<NamespaceUpdate>,
+
+    /// Bearer tokens from the config file's `[tokens.NAME]` tables; none = no authentication.
+    #[arg(skip)]
+    pub tokens: Vec<TokenSpec>,
+}
+
+impl ServeArgs {
+    /// What requests may carry, from the limit flags.
+    pub fn limits(&self) -> crate::cache::Limits {
+        crate::cache::Limits {
+            max_query_bytes: self.max_query_bytes,
+            max_response_bytes: self.max_response_bytes,
+            max_scope_entries: self.max_scope_entries,
+            max_metadata_entries: self.max_metadata_entries,
+            max_map_value_bytes: self.max_map_value_bytes,
+            max_namespaces: self.max_namespaces,
+            cache_incomplete: self.cache_incomplete,
+        }
+    }
+}
+
+/// How the client commands (bench, eval, calibrate, import, export) reach a server.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The server, as a URL (`https://` for TLS).
+    #[arg(long, env = "SEMCACHE_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+
+    /// Bearer token, for a server that requires one.
+    #[arg(long, env = "SEMCACHE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// PEM CA certificate that the server's certificate chains to (default: the public web
+    /// roots). For `https://` addresses.
+    #[arg(long, env = "SEMCACHE_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate, for a server that requires mutual TLS (with --tls-client-key).
+    #[arg(long, env = "SEMCACHE_TLS_CLIENT_CERT", value_name = "PEM", requires = "tls_client_key")]
+    pub tls_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-client-cert.
+    #[arg(long, env = "SEMCACHE_TLS_CLIENT_KEY", value_name = "PEM", requires = "tls_client_cert")]
+    pub tls_client_key: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    /// A plaintext connection without a token.
+    pub fn plain(addr: impl Into<String>) -> Self {
+        Self { addr: addr.into(), token: None, tls_ca: None, tls_client_cert: None, tls_client_key: None }
+    }
 }
 
 impl ServeArgs {
@@ -188,9 +290,8 @@ pub struct ReembedArgs {
 /// `semcache bench`: load against a running server.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// The server, as a URL.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    pub addr: String,
+    #[command(flatten)]
+    pub server: ClientArgs,
 
     /// Concurrent clients, each on its own connection with one lookup in flight.
     #[arg(long, default_value_t = 32)]
@@ -228,9 +329,8 @@ fn ratio(s: &str) -> Result<f64, String> {
 /// The pair set and how it is run, shared by `semcache eval` and `semcache calibrate`.
 #[derive(Debug, Clone, Args)]
 pub struct PairsArgs {
-    /// The server, as a URL.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    pub addr: String,
+    #[command(flatten)]
+    pub server: ClientArgs,
 
     /// Labelled pairs: QQP JSON, MeanCache CSV, GPTCache mock JSON or MeanCache contextual
     /// JSON (see the README); each `a` is stored, each `b` looked up.
@@ -323,9 +423,8 @@ pub struct ImportArgs {
     /// optionally namespace, scope, metadata, ttl_seconds, usage, context, context_key.
     pub file: PathBuf,
 
-    /// The server, as a URL.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    pub addr: String,
+    #[command(flatten)]
+    pub server: ClientArgs,
 
     /// Namespace of lines that name none.
     #[arg(long, default_value = "")]
@@ -336,12 +435,40 @@ pub struct ImportArgs {
     pub clients: usize,
 }
 
+/// Settings of `semcache token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// Name of the token in the config file, logs and refusals.
+    #[arg(long, default_value = "gateway")]
+    pub name: String,
+
+    /// A namespace the token may read (repeat for several; `*` = all). Without --read and
+    /// --write the token may read and write everything.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub read: Vec<String>,
+
+    /// A namespace the token may write (repeat for several; `*` = all).
+    #[arg(long, value_name = "NAMESPACE")]
+    pub write: Vec<String>,
+
+    /// Requests per second allowed to the token (none when unset).
+    #[arg(long)]
+    pub requests_per_second: Option<std::num::NonZeroU32>,
+
+    /// Write the token to this new file (mode 0600) instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Print only the digest of the token read from stdin, for a token made elsewhere.
+    #[arg(long, conflicts_with_all = ["read", "write", "requests_per_second", "token_file"])]
+    pub hash: bool,
+}
+
 /// Settings of `semcache export`.
 #[derive(Debug, Clone, Args)]
 pub struct ExportArgs {
-    /// The server, as a URL.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    pub addr: String,
+    #[command(flatten)]
+    pub server: ClientArgs,
 
     /// Namespace to export (all when unset).
     #[arg(long, default_value = "")]

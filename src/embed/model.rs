@@ -148,7 +148,34 @@ impl SentenceModel {
     }
 
     /// Tokenises one text as the model reads it: truncated to the model's window, unpadded.
+    ///
+    /// Only the window's tokens are read, but tokenising all of a 32 KiB query costs about 30
+    /// times the time and memory of tokenising what fills the window, so a long text is first
+    /// tried cut at a space after [`Self::PREFIX_BYTES_PER_TOKEN`] bytes a token. The
+    /// normalisers of BERT-family tokenizers work char by char and their pre-tokenizers split
+    /// at every space, so the prefix's tokens are the whole text's first tokens; when they fill
+    /// the window, the truncated encodings are the same. Otherwise the whole text is tokenised.
+    /// Only ASCII space, tab and newlines count: BERT's normaliser deletes whitespace that is
+    /// also a control character (U+000B, U+000C, U+0085), joining the words around it.
     pub fn tokenize(&self, text: &str) -> Result<Encoding, EmbedError> {
+        let limit = self.info.max_seq_length.saturating_mul(Self::PREFIX_BYTES_PER_TOKEN);
+        if text.len() > limit {
+            if let Some(cut) = text[..text.floor_char_boundary(limit)].rfind([' ', '\t', '\n', '\r']) {
+                let prefix = self.tokenize_whole(&text[..cut])?;
+                if prefix.len() >= self.info.max_seq_length {
+                    return Ok(prefix);
+                }
+            }
+        }
+        self.tokenize_whole(text)
+    }
+
+    /// A generous bound on the bytes of text per token (English averages about 4; a CJK
+    /// character is 3 bytes and one token).
+    pub const PREFIX_BYTES_PER_TOKEN: usize = 16;
+
+    /// Tokenises all of `text`, then truncates: what [`Self::tokenize`] must equal.
+    pub fn tokenize_whole(&self, text: &str) -> Result<Encoding, EmbedError> {
         self.tokenizer.encode(text, true).map_err(|e| EmbedError::Tokenize(e.to_string()))
     }
 

@@ -11,15 +11,15 @@ use super::dataset::Pair;
 use super::score::{Match, Observation};
 use super::EvalError;
 use crate::cache::normalize;
+use crate::client::Client;
+use crate::config::ClientArgs;
 use crate::load;
-use crate::proto::semantic_cache_client::SemanticCacheClient;
 use crate::proto::{
     ConfigureNamespaceRequest, DropNamespaceRequest, GetNamespaceRequest, LookupRequest, LookupResponse, StoreRequest,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tonic::transport::Channel;
 use tonic::Code;
 
 #[derive(Debug, Clone)]
@@ -113,12 +113,12 @@ fn observe(pair: &Pair, r: &LookupResponse, texts: &HashMap<String, String>) -> 
 }
 
 pub async fn run(
-    addr: &str,
+    server: &ClientArgs,
     pairs: Vec<Pair>,
     config: &RunConfig,
     progress: Arc<dyn Progress>,
 ) -> Result<RunResult, EvalError> {
-    let mut client = load::connect(addr).await?;
+    let mut client = load::connect(server).await?;
     let ns = config.namespace.clone();
     match client.get_namespace(GetNamespaceRequest { name: ns.clone() }).await {
         Err(status) if status.code() == Code::NotFound => {}
@@ -147,7 +147,7 @@ type Measured = (Vec<Observation>, Vec<Lookup>, usize);
 type Slot = Option<(Observation, Lookup)>;
 
 async fn measure(
-    client: SemanticCacheClient<Channel>,
+    client: Client,
     pairs: Vec<Pair>,
     config: &RunConfig,
     progress: Arc<dyn Progress>,

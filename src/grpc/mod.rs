@@ -1,11 +1,15 @@
 //! The gRPC edge: converts between the wire messages and the cache's types, and maps errors to
-//! statuses (`status.rs`). No policy lives here.
+//! statuses (`status.rs`), after admission (`admission.rs`) and authentication (`auth.rs`).
+//! No cache policy lives here.
 
+pub mod admission;
+pub mod auth;
 mod status;
 
 use crate::cache::{self, context, Cache, DeleteTarget, Entry, MissReason, NamespaceView};
 use crate::metrics::Metrics;
 use crate::proto::{self as pb, semantic_cache_server::SemanticCache};
+use auth::{caller, Right};
 use std::sync::Arc;
 use std::time::Instant;
 use tonic::{Request, Response, Status};
@@ -22,8 +26,15 @@ impl SemanticCacheService {
         Self { cache, metrics }
     }
 
-    pub fn into_server(self) -> SemanticCacheServer<Self> {
-        SemanticCacheServer::new(self)
+    /// The service behind the authentication interceptor, refusing messages over
+    /// `max_request_bytes` from their length prefix.
+    pub fn into_server(
+        self,
+        auth: auth::Auth,
+        max_request_bytes: usize,
+    ) -> tonic::service::interceptor::InterceptedService<SemanticCacheServer<Self>, auth::Auth> {
+        let server = SemanticCacheServer::new(self).max_decoding_message_size(max_request_bytes);
+        tonic::service::interceptor::InterceptedService::new(server, auth)
     }
 }
 
@@ -77,7 +88,9 @@ impl SemanticCache for SemanticCacheService {
     type ExportStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Entry, Status>> + Send>>;
 
     async fn export(&self, request: Request<pb::ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
+        let who = caller(&request);
         let namespace = request.into_inner().namespace;
+        who.check(Right::Read, &namespace)?;
         // Bounded: RocksDB is read only as fast as the client takes entries.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<pb::Entry, Status>>(256);
         let cache = self.cache.clone();
@@ -102,7 +115,9 @@ impl SemanticCache for SemanticCacheService {
 
     async fn lookup(&self, request: Request<pb::LookupRequest>) -> Result<Response<pb::LookupResponse>, Status> {
         let started = Instant::now();
+        let who = caller(&request);
         let r = request.into_inner();
+        who.check(Right::Read, &r.namespace)?;
         let namespace = r.namespace.clone();
         let outcome = self
             .cache
@@ -144,7 +159,9 @@ impl SemanticCache for SemanticCacheService {
 
     async fn store(&self, request: Request<pb::StoreRequest>) -> Result<Response<pb::StoreResponse>, Status> {
         let started = Instant::now();
+        let who = caller(&request);
         let r = request.into_inner();
+        who.check(Right::Write, &r.namespace)?;
         let namespace = r.namespace.clone();
         let usage = r.usage.unwrap_or_default();
         let id = self
@@ -171,7 +188,9 @@ impl SemanticCache for SemanticCacheService {
     }
 
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let who = caller(&request);
         let r = request.into_inner();
+        who.check(Right::Write, &r.namespace)?;
         let target = match r.target {
             Some(pb::delete_request::Target::Id(id)) => DeleteTarget::Id(id),
             Some(pb::delete_request::Target::Scope(s)) => DeleteTarget::Scope(s.scope),
@@ -192,7 +211,9 @@ impl SemanticCache for SemanticCacheService {
         &self,
         request: Request<pb::ConfigureNamespaceRequest>,
     ) -> Result<Response<pb::Namespace>, Status> {
+        let who = caller(&request);
         let r = request.into_inner();
+        who.check(Right::Write, &r.name)?;
         let view = self
             .cache
             .configure_namespace(cache::NamespaceUpdate {
@@ -211,20 +232,34 @@ impl SemanticCache for SemanticCacheService {
         &self,
         request: Request<pb::GetNamespaceRequest>,
     ) -> Result<Response<pb::Namespace>, Status> {
-        let view = self.cache.get_namespace(&request.into_inner().name)?;
+        let who = caller(&request);
+        let name = request.into_inner().name;
+        who.check(Right::Read, &name)?;
+        let view = self.cache.get_namespace(&name)?;
         Ok(Response::new(namespace_to_pb(view)))
     }
 
     async fn list_namespaces(
         &self,
-        _request: Request<pb::ListNamespacesRequest>,
+        request: Request<pb::ListNamespacesRequest>,
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
-        let namespaces = self.cache.list_namespaces().into_iter().map(namespace_to_pb).collect();
+        // A token sees the namespaces it has a grant on, not what other tenants named theirs.
+        let who = caller(&request);
+        let namespaces = self
+            .cache
+            .list_namespaces()
+            .into_iter()
+            .filter(|v| who.sees(&v.settings.name))
+            .map(namespace_to_pb)
+            .collect();
         Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
     }
 
     async fn stats(&self, request: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
-        let s = self.cache.stats(&request.into_inner().namespace)?;
+        let who = caller(&request);
+        let namespace = request.into_inner().namespace;
+        who.check(Right::Read, &namespace)?;
+        let s = self.cache.stats(&namespace)?;
         Ok(Response::new(pb::StatsResponse {
             lookups: s.lookups,
             hits: s.hits,
@@ -243,7 +278,9 @@ impl SemanticCache for SemanticCacheService {
         &self,
         request: Request<pb::DropNamespaceRequest>,
     ) -> Result<Response<pb::DropNamespaceResponse>, Status> {
+        let who = caller(&request);
         let name = request.into_inner().name;
+        who.check(Right::Write, &name)?;
         let deleted = self.cache.drop_namespace(name.clone()).await?;
         tracing::debug!(rpc = "DropNamespace", namespace = %name, deleted);
         Ok(Response::new(pb::DropNamespaceResponse { deleted }))

@@ -11,7 +11,8 @@ impl From<CacheError> for Status {
         match err {
             CacheError::InvalidArgument { .. } => Status::invalid_argument(message),
             CacheError::NamespaceNotFound(_) | CacheError::EntryNotFound { .. } => Status::not_found(message),
-            CacheError::ModelMismatch { .. } => Status::failed_precondition(message),
+            CacheError::ModelMismatch { .. } | CacheError::NotCacheable(_) => Status::failed_precondition(message),
+            CacheError::LimitReached { .. } => Status::resource_exhausted(message),
             CacheError::Embed(e) => embed_status(e, message),
             CacheError::Storage(e) => {
                 tracing::error!(error = %e, "storage failure");
@@ -48,6 +49,8 @@ mod tests {
             (CacheError::NamespaceNotFound("x".into()), Code::NotFound),
             (CacheError::EntryNotFound { namespace: "x".into(), id: 1 }, Code::NotFound),
             (EmbedError::QueueFull { capacity: 1 }.into(), Code::ResourceExhausted),
+            (CacheError::LimitReached { limit: "--max-namespaces", reason: "full".into() }, Code::ResourceExhausted),
+            (CacheError::NotCacheable("truncated".into()), Code::FailedPrecondition),
             (EmbedError::NotReady.into(), Code::Unavailable),
             (EmbedError::Model("boom".into()).into(), Code::Internal),
         ];

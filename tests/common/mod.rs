@@ -1,6 +1,8 @@
 //! Starts the real server (real model, real RocksDB) on a loopback port for a test.
 #![allow(dead_code)]
 
+pub mod process;
+
 use semcache::config::ServeArgs;
 use semcache::proto::semantic_cache_client::SemanticCacheClient;
 use semcache::proto::*;
@@ -105,4 +107,20 @@ pub async fn store(client: &mut SemanticCacheClient<Channel>, req: StoreRequest)
 
 pub async fn lookup(client: &mut SemanticCacheClient<Channel>, req: LookupRequest) -> LookupResponse {
     client.lookup(req).await.expect("lookup").into_inner()
+}
+
+/// A client that sends `token` as its bearer token (none: no authorization metadata).
+pub fn authed(channel: &Channel, token: Option<&str>) -> semcache::client::Client {
+    SemanticCacheClient::with_interceptor(channel.clone(), semcache::client::Bearer::new(token).unwrap())
+}
+
+/// A `[tokens.NAME]` grant for `token`.
+pub fn token_spec(name: &str, token: &str, read: &[&str], write: &[&str]) -> semcache::grpc::auth::TokenSpec {
+    semcache::grpc::auth::TokenSpec {
+        name: name.into(),
+        sha256: semcache::grpc::auth::hash_token(token),
+        read: read.iter().map(|s| s.to_string()).collect(),
+        write: write.iter().map(|s| s.to_string()).collect(),
+        requests_per_second: None,
+    }
 }
