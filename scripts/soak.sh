@@ -12,7 +12,7 @@
 #     round (the same questions again: each Store replaces the older answer);
 #   - export: `semcache export` of everything every 30 s;
 #   - capacity: the import namespace is capped at 500 entries, so eviction runs throughout.
-# Every 10 s it records the server's RSS (VmRSS) and the errors seen; at the end it prints
+# Every call carries a bearer token. Every 10 s it records the server's RSS (VmRSS) and the errors seen; at the end it prints
 # RSS at start, peak and end, and the error counts, and exits non-zero on any error or if the
 # server died.
 set -euo pipefail
@@ -34,6 +34,10 @@ cat >"$work/semcache.toml" <<'TOML'
 [namespaces.soak-stores]
 max_entries = 500
 TOML
+# With a token, as a server reachable by others runs: every call pays for the check.
+"$bin" token --name soak --token-file "$work/token" >>"$work/semcache.toml"
+SEMCACHE_TOKEN=$(cat "$work/token")
+export SEMCACHE_TOKEN
 "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" --model-dir models/all-MiniLM-L6-v2 \
   --config "$work/semcache.toml" >"$work/server.log" 2>&1 &
 server=$!
