@@ -14,7 +14,8 @@ pub const MAX_MAP_VALUE_BYTES: usize = 64 * 1024;
 pub const INCOMPLETE_KEY: &str = "semcache.incomplete";
 const INCOMPLETE_VALUES: [&str; 2] = ["truncated", "error"];
 
-/// What a request may carry, set by the operator (each field is the flag of the same name).
+/// What a request may carry, set by the operator (each field is the flag of the same name;
+/// [`Limits::default`] gives the flags' defaults).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_query_bytes: usize,

@@ -7,7 +7,7 @@ mod file;
 
 pub use file::{resolve, serve_args, ConfigError, Resolved};
 
-use crate::cache::NamespaceUpdate;
+use crate::cache::{Limits, NamespaceUpdate};
 use crate::grpc::auth::TokenSpec;
 use clap::{Args, ValueEnum};
 use std::{net::SocketAddr, path::PathBuf};
@@ -131,11 +131,11 @@ pub struct ServeArgs {
     pub default_ttl_seconds: u64,
 
     /// Largest query accepted, in bytes.
-    #[arg(long, env = "SEMCACHE_MAX_QUERY_BYTES", default_value_t = 32 * 1024)]
+    #[arg(long, env = "SEMCACHE_MAX_QUERY_BYTES", default_value_t = Limits::default().max_query_bytes)]
     pub max_query_bytes: usize,
 
     /// Largest response accepted, in bytes.
-    #[arg(long, env = "SEMCACHE_MAX_RESPONSE_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "SEMCACHE_MAX_RESPONSE_BYTES", default_value_t = Limits::default().max_response_bytes)]
     pub max_response_bytes: usize,
 
     /// Largest request message accepted, in bytes, refused (RESOURCE_EXHAUSTED) from its
@@ -144,19 +144,19 @@ pub struct ServeArgs {
     pub max_request_bytes: usize,
 
     /// Most scope entries in a request.
-    #[arg(long, env = "SEMCACHE_MAX_SCOPE_ENTRIES", default_value_t = 32)]
+    #[arg(long, env = "SEMCACHE_MAX_SCOPE_ENTRIES", default_value_t = Limits::default().max_scope_entries)]
     pub max_scope_entries: usize,
 
     /// Most metadata entries in a Store.
-    #[arg(long, env = "SEMCACHE_MAX_METADATA_ENTRIES", default_value_t = 64)]
+    #[arg(long, env = "SEMCACHE_MAX_METADATA_ENTRIES", default_value_t = Limits::default().max_metadata_entries)]
     pub max_metadata_entries: usize,
 
     /// Largest scope or metadata value, in bytes (a scope value may be a whole system prompt).
-    #[arg(long, env = "SEMCACHE_MAX_MAP_VALUE_BYTES", default_value_t = crate::cache::validate::MAX_MAP_VALUE_BYTES)]
+    #[arg(long, env = "SEMCACHE_MAX_MAP_VALUE_BYTES", default_value_t = Limits::default().max_map_value_bytes)]
     pub max_map_value_bytes: usize,
 
     /// Most namespaces; a Store or ConfigureNamespace that would create one more is refused.
-    #[arg(long, env = "SEMCACHE_MAX_NAMESPACES", default_value_t = 10_000)]
+    #[arg(long, env = "SEMCACHE_MAX_NAMESPACES", default_value_t = Limits::default().max_namespaces)]
     pub max_namespaces: usize,
 
     /// Cache API calls in progress at once, across all connections; beyond this, calls are
@@ -206,8 +206,8 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// What requests may carry, from the limit flags.
-    pub fn limits(&self) -> crate::cache::Limits {
-        crate::cache::Limits {
+    pub fn limits(&self) -> Limits {
+        Limits {
             max_query_bytes: self.max_query_bytes,
             max_response_bytes: self.max_response_bytes,
             max_scope_entries: self.max_scope_entries,
