@@ -7,7 +7,8 @@
 //! time and the process RSS after each open. Needs the model (`models/fetch.sh`), because
 //! `Cache::open` checks the data against it.
 
-use semcache::cache::{now_unix_ms, Cache, Defaults, Limits};
+use semcache::cache::{Cache, Defaults, Limits};
+use semcache::clock::now_unix_ms;
 use semcache::config::DeviceKind;
 use semcache::embed::{BatchConfig, Embedder, ModelInfo};
 use semcache::index::{seeded_unit_vector, IndexParams};

@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod embed;
 pub mod eval;
@@ -14,8 +15,10 @@ pub mod grpc;
 pub mod index;
 pub mod load;
 pub mod metrics;
+pub mod rng;
 pub mod server;
 pub mod store;
+pub mod text;
 pub mod transfer;
 
 /// The generated protobuf and gRPC code for `proto/semcache/v1/semcache.proto`.

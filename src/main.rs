@@ -167,7 +167,7 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     );
     let progress_bar = bar.clone();
     // New questions start past the stored ones and, very likely, past earlier runs' questions.
-    let fresh = 6_400 * (1 + (semcache::cache::now_unix_ms() as u64 / 1_000) % 100_000);
+    let fresh = 6_400 * (1 + (semcache::clock::now_unix_ms() as u64 / 1_000) % 100_000);
     let report = load::run(&args.server, &config, fresh, std::sync::Arc::new(move || progress_bar.inc(1))).await?;
     bar.finish_and_clear();
     println!("{}", load::render(&report));
@@ -205,7 +205,7 @@ async fn evaluate(args: &PairsArgs) -> anyhow::Result<(String, eval::RunResult)>
     let scratch = args
         .scratch_namespace
         .clone()
-        .unwrap_or_else(|| format!("semcache-eval-{}-{}", std::process::id(), semcache::cache::now_unix_ms()));
+        .unwrap_or_else(|| format!("semcache-eval-{}-{}", std::process::id(), semcache::clock::now_unix_ms()));
     let config = eval::RunConfig {
         namespace: scratch,
         clients: args.clients.max(1),
@@ -218,7 +218,7 @@ async fn evaluate(args: &PairsArgs) -> anyhow::Result<(String, eval::RunResult)>
             .map(|s| s.progress_chars("=> "))
     };
     let lookups = pairs.len() as u64;
-    let distinct = pairs.iter().map(|p| semcache::cache::normalize(&p.a)).collect::<std::collections::HashSet<_>>();
+    let distinct = pairs.iter().map(|p| semcache::text::normalize(&p.a)).collect::<std::collections::HashSet<_>>();
     let progress = std::sync::Arc::new(EvalProgress {
         stores: ProgressBar::new(distinct.len() as u64).with_style(style("storing")?),
         lookups: ProgressBar::new(lookups).with_style(style("looking up")?),

@@ -227,7 +227,7 @@ pub async fn export(
     let io = |source| TransferError::Io { path: "output".into(), source };
     let mut written = 0;
     while let Some(entry) = stream.message().await? {
-        let now = crate::cache::now_unix_ms();
+        let now = crate::clock::now_unix_ms();
         let ttl_seconds = match entry.expires_at_unix_ms {
             0 => Some(0),
             // Rounded up: the imported entry expires at most a second after the original,

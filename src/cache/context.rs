@@ -7,9 +7,8 @@
 //! partitions, exact-repeat keys, checkpoints and scope checks, with no second mechanism to
 //! keep in step.
 
-use super::normalize::normalize;
-use super::validate;
-use super::CacheError;
+use super::validate::{self, ValidationError};
+use crate::text::normalize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -24,19 +23,21 @@ pub const MAX_KEY_BYTES: usize = 256;
 /// The context key of a request: the caller's own key, or a hash of the normalised turns
 /// (so a turn that differs only in case or spacing is the same context). `None` without
 /// context.
-pub fn key(turns: &[String], own_key: &str) -> Result<Option<String>, CacheError> {
+pub fn key(turns: &[String], own_key: &str) -> Result<Option<String>, ValidationError> {
     if !turns.is_empty() && !own_key.is_empty() {
-        return Err(CacheError::InvalidArgument {
-            field: "context",
-            reason: "and context_key are both set; send the earlier turns or your own key, not both".into(),
-        });
+        return Err(ValidationError::new(
+            "context",
+            "and context_key are both set",
+            "send the earlier turns or your own key, not both",
+        ));
     }
     if !own_key.is_empty() {
         if own_key.len() > MAX_KEY_BYTES {
-            return Err(CacheError::InvalidArgument {
-                field: "context_key",
-                reason: format!("is {} bytes; at most {MAX_KEY_BYTES} are allowed", own_key.len()),
-            });
+            return Err(ValidationError::new(
+                "context_key",
+                format!("is {} bytes", own_key.len()),
+                format!("at most {MAX_KEY_BYTES} are allowed"),
+            ));
         }
         return Ok(Some(own_key.to_owned()));
     }
@@ -44,23 +45,21 @@ pub fn key(turns: &[String], own_key: &str) -> Result<Option<String>, CacheError
         return Ok(None);
     }
     if turns.len() > MAX_TURNS {
-        return Err(CacheError::InvalidArgument {
-            field: "context",
-            reason: format!("has {} turns; at most {MAX_TURNS} are allowed (or send a context_key)", turns.len()),
-        });
+        return Err(ValidationError::new(
+            "context",
+            format!("has {} turns", turns.len()),
+            format!("at most {MAX_TURNS} are allowed (or send a context_key)"),
+        ));
     }
     let mut h = Sha256::new();
     h.update((turns.len() as u64).to_be_bytes());
     for turn in turns {
         if turn.len() > validate::MAX_MAP_VALUE_BYTES {
-            return Err(CacheError::InvalidArgument {
-                field: "context",
-                reason: format!(
-                    "has a turn of {} bytes; at most {} are allowed (or send a context_key)",
-                    turn.len(),
-                    validate::MAX_MAP_VALUE_BYTES
-                ),
-            });
+            return Err(ValidationError::new(
+                "context",
+                format!("has a turn of {} bytes", turn.len()),
+                format!("at most {} are allowed (or send a context_key)", validate::MAX_MAP_VALUE_BYTES),
+            ));
         }
         let turn = normalize(turn);
         h.update((turn.len() as u64).to_be_bytes());

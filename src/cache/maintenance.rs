@@ -5,7 +5,8 @@
 //! They are separate so that a long graph build never delays expiry or a flush. On stop,
 //! each finishes its current step, then the last flush and checkpoint are written.
 
-use super::{now_unix_ms, Cache};
+use super::Cache;
+use crate::clock::now_unix_ms;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};

@@ -6,25 +6,25 @@ pub mod context;
 pub mod guard;
 mod ledger;
 mod maintenance;
-mod normalize;
 pub mod reembed;
 pub mod validate;
 
 pub use crate::store::EntryRecord as Entry;
 pub use guard::Veto;
 pub use maintenance::{Maintenance, MaintenanceSettings};
-pub use normalize::normalize;
-pub use validate::Limits;
+pub use validate::{Limits, ValidationError};
 
+use crate::clock::now_unix_ms;
 use crate::embed::{EmbedError, Embedder};
 use crate::index::{Candidate, Index, IndexParams, Items, RestoreReport, ScopeId};
 use crate::store::{keys, NamespaceRecord, Store, StoreError};
+use crate::text::normalize;
 use ledger::{Ledger, Meta, Victim};
 use prost::Message;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// Similarity threshold of a namespace created without one: with hit guards on, the threshold
 /// that maximises F0.5 (precision weighted over recall, since a wrong answer costs more than a
@@ -52,8 +52,8 @@ const ENTRY_OVERHEAD_BYTES: u64 = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("{field} {reason}")]
-    InvalidArgument { field: &'static str, reason: String },
+    #[error(transparent)]
+    InvalidArgument(ValidationError),
     #[error("namespace {0:?} does not exist")]
     NamespaceNotFound(String),
     #[error("no entry with id {id} in namespace {namespace:?}")]
@@ -68,8 +68,8 @@ pub enum CacheError {
     #[error("{reason} ({limit})")]
     LimitReached { limit: &'static str, reason: String },
     /// A well-formed Store of something this server is configured not to cache.
-    #[error("{0}")]
-    NotCacheable(String),
+    #[error(transparent)]
+    NotCacheable(ValidationError),
     #[error(transparent)]
     Embed(#[from] EmbedError),
     #[error(transparent)]
@@ -326,8 +326,14 @@ pub struct Cache {
     pub restore_report: RestoreReport,
 }
 
-pub fn now_unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+impl From<ValidationError> for CacheError {
+    fn from(e: ValidationError) -> Self {
+        if e.refused_by_config {
+            Self::NotCacheable(e)
+        } else {
+            Self::InvalidArgument(e)
+        }
+    }
 }
 
 impl Cache {
@@ -603,10 +609,12 @@ impl Cache {
         validate::incomplete(&req.metadata, self.limits.cache_incomplete)?;
         let context = context::key(&req.context, &req.context_key)?;
         if !req.usage.cost_usd.is_finite() || req.usage.cost_usd < 0.0 {
-            return Err(CacheError::InvalidArgument {
-                field: "usage.cost_usd",
-                reason: format!("is {}; it must be a finite number >= 0", req.usage.cost_usd),
-            });
+            return Err(ValidationError::new(
+                "usage.cost_usd",
+                format!("is {}", req.usage.cost_usd),
+                "it must be a finite number >= 0",
+            )
+            .into());
         }
         match self.namespace(&req.namespace) {
             Some(ns) => self.usable(&ns, &req.namespace)?,
@@ -1019,25 +1027,12 @@ impl Cache {
                 if let Some(on) = update.hit_guards {
                     record.hit_guards = Some(on);
                 }
-                if record.similarity_threshold < record.threshold_floor {
-                    let (t, f, name) = (record.similarity_threshold, record.threshold_floor, &record.name);
-                    return Err(match update.threshold_floor {
-                        Some(_) => CacheError::InvalidArgument {
-                            field: "threshold_floor",
-                            reason: format!(
-                                "{f} is above namespace {name:?}'s similarity_threshold {t}; raise the \
-                                 threshold to at least the floor (in the same call)"
-                            ),
-                        },
-                        None => CacheError::InvalidArgument {
-                            field: "similarity_threshold",
-                            reason: format!(
-                                "{t} is below namespace {name:?}'s threshold_floor {f}; lower the floor first \
-                                 (in the same call) or keep the threshold at or above it"
-                            ),
-                        },
-                    });
-                }
+                validate::threshold_above_floor(
+                    &record.name,
+                    record.similarity_threshold,
+                    record.threshold_floor,
+                    update.threshold_floor.is_some(),
+                )?;
                 this.persist_namespace(&record)?;
                 *ns.settings.write().expect("namespace lock") = record;
             }

@@ -1,8 +1,63 @@
-//! Request validation. Every refusal names the field, the rule and the value's size, so the
-//! person reading the status can fix the call.
+//! Request validation. Every refusal names the field, what is wrong with the value and the rule
+//! it breaks, as a structured [`ValidationError`], so the gRPC edge and the config file can each
+//! render it in their own words without parsing a message.
 
-use super::CacheError;
 use std::collections::BTreeMap;
+use std::fmt;
+
+/// A value refused by a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    /// The request field (or setting) that holds the value, as in `similarity_threshold`.
+    pub field: &'static str,
+    /// What is wrong with the value, naming it or its size: `is 1.5`, `contains ' '`.
+    pub problem: String,
+    /// What would be accepted, empty when the problem says it all: `it must be a number in (0, 1]`.
+    pub rule: String,
+    /// Whether the caller's request is fine and the server's configuration refuses it (a
+    /// FAILED_PRECONDITION rather than an INVALID_ARGUMENT).
+    pub refused_by_config: bool,
+}
+
+impl ValidationError {
+    pub fn new(field: &'static str, problem: impl Into<String>, rule: impl Into<String>) -> Self {
+        Self { field, problem: problem.into(), rule: rule.into(), refused_by_config: false }
+    }
+
+    /// Problem and rule without the field's name, for a caller that names the field its own way.
+    pub fn detail(&self) -> String {
+        if self.rule.is_empty() {
+            self.problem.clone()
+        } else {
+            format!("{}; {}", self.problem, self.rule)
+        }
+    }
+
+    /// The rule alone, or the problem when there is no separate rule: what a config file
+    /// shows after the value it already quotes.
+    pub fn reason(&self) -> &str {
+        if self.rule.is_empty() {
+            &self.problem
+        } else {
+            &self.rule
+        }
+    }
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.refused_by_config {
+            return write!(f, "{}; {}", self.problem, self.rule);
+        }
+        write!(f, "{} {}", self.field, self.problem)?;
+        if !self.rule.is_empty() {
+            write!(f, "; {}", self.rule)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ValidationError {}
 
 pub const MAX_NAMESPACE_LEN: usize = 128;
 pub const MAX_MAP_KEY_BYTES: usize = 256;
@@ -70,83 +125,109 @@ impl Limits {
     }
 }
 
-fn invalid(field: &'static str, reason: String) -> CacheError {
-    CacheError::InvalidArgument { field, reason }
-}
+type Checked = Result<(), ValidationError>;
 
-pub fn namespace(name: &str) -> Result<(), CacheError> {
+pub fn namespace(name: &str) -> Checked {
     if name.is_empty() {
-        return Err(invalid("namespace", "is required".into()));
+        return Err(ValidationError::new("namespace", "is required", ""));
     }
     if name.len() > MAX_NAMESPACE_LEN {
-        return Err(invalid(
+        return Err(ValidationError::new(
             "namespace",
-            format!("is {} characters; at most {MAX_NAMESPACE_LEN} are allowed", name.len()),
+            format!("is {} characters", name.len()),
+            format!("at most {MAX_NAMESPACE_LEN} are allowed"),
         ));
     }
     if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(invalid("namespace", format!("contains {c:?}; only A-Z, a-z, 0-9, '.', '_' and '-' are allowed")));
+        return Err(ValidationError::new(
+            "namespace",
+            format!("contains {c:?}"),
+            "only A-Z, a-z, 0-9, '.', '_' and '-' are allowed",
+        ));
     }
     Ok(())
 }
 
 /// A query or response; `flag` is the setting that allows `max_bytes`.
-pub fn text(field: &'static str, value: &str, max_bytes: usize, flag: &str) -> Result<(), CacheError> {
+pub fn text(field: &'static str, value: &str, max_bytes: usize, flag: &str) -> Checked {
     // Control characters are dropped by the tokenizer: a text of nothing else says nothing.
     if value.chars().all(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid(field, "is empty (or only whitespace and control characters)".into()));
+        return Err(ValidationError::new(field, "is empty (or only whitespace and control characters)", ""));
     }
     if value.len() > max_bytes {
-        return Err(invalid(field, format!("is {} bytes; at most {max_bytes} are allowed ({flag})", value.len())));
+        return Err(ValidationError::new(
+            field,
+            format!("is {} bytes", value.len()),
+            format!("at most {max_bytes} are allowed ({flag})"),
+        ));
     }
     Ok(())
 }
 
-pub fn threshold(field: &'static str, value: f32) -> Result<(), CacheError> {
+pub fn threshold(field: &'static str, value: f32) -> Checked {
     if value.is_nan() || value <= 0.0 || value > 1.0 {
-        return Err(invalid(field, format!("is {value}; it must be a number in (0, 1]")));
+        return Err(ValidationError::new(field, format!("is {value}"), "it must be a number in (0, 1]"));
     }
     Ok(())
 }
 
 /// A namespace's threshold floor: 0 (none) up to 1.
-pub fn floor(value: f32) -> Result<(), CacheError> {
+pub fn floor(value: f32) -> Checked {
     if value.is_nan() || !(0.0..=1.0).contains(&value) {
-        return Err(invalid("threshold_floor", format!("is {value}; it must be a number in [0, 1] (0 = no floor)")));
+        return Err(ValidationError::new(
+            "threshold_floor",
+            format!("is {value}"),
+            "it must be a number in [0, 1] (0 = no floor)",
+        ));
     }
     Ok(())
 }
 
-pub fn map(field: &'static str, map: &BTreeMap<String, String>, limit: MapLimit) -> Result<(), CacheError> {
+/// A namespace's threshold may not go below its floor. `floor_changed` says which of the two
+/// the caller is setting, so that the refusal names the one to change.
+pub fn threshold_above_floor(namespace: &str, threshold: f32, floor: f32, floor_changed: bool) -> Checked {
+    if threshold >= floor {
+        return Ok(());
+    }
+    Err(if floor_changed {
+        ValidationError::new(
+            "threshold_floor",
+            format!("{floor} is above namespace {namespace:?}'s similarity_threshold {threshold}"),
+            "raise the threshold to at least the floor (in the same call)",
+        )
+    } else {
+        ValidationError::new(
+            "similarity_threshold",
+            format!("{threshold} is below namespace {namespace:?}'s threshold_floor {floor}"),
+            "lower the floor first (in the same call) or keep the threshold at or above it",
+        )
+    })
+}
+
+pub fn map(field: &'static str, map: &BTreeMap<String, String>, limit: MapLimit) -> Checked {
     if map.len() > limit.entries {
-        return Err(invalid(
+        return Err(ValidationError::new(
             field,
-            format!("has {} entries; at most {} are allowed ({})", map.len(), limit.entries, limit.entries_flag),
+            format!("has {} entries", map.len()),
+            format!("at most {} are allowed ({})", limit.entries, limit.entries_flag),
         ));
     }
     for (k, v) in map {
         if k.is_empty() {
-            return Err(invalid(field, "has an empty key".into()));
+            return Err(ValidationError::new(field, "has an empty key", ""));
         }
         if k.len() > MAX_MAP_KEY_BYTES {
-            return Err(invalid(
+            return Err(ValidationError::new(
                 field,
-                format!(
-                    "key {:?}... is {} bytes; at most {MAX_MAP_KEY_BYTES} are allowed",
-                    &k[..k.floor_char_boundary(32)],
-                    k.len()
-                ),
+                format!("key {:?}... is {} bytes", &k[..k.floor_char_boundary(32)], k.len()),
+                format!("at most {MAX_MAP_KEY_BYTES} are allowed"),
             ));
         }
         if v.len() > limit.value_bytes {
-            return Err(invalid(
+            return Err(ValidationError::new(
                 field,
-                format!(
-                    "value of {:?} is {} bytes; at most {} are allowed (--max-map-value-bytes)",
-                    truncate(k),
-                    v.len(),
-                    limit.value_bytes
-                ),
+                format!("value of {:?} is {} bytes", truncate(k), v.len()),
+                format!("at most {} are allowed (--max-map-value-bytes)", limit.value_bytes),
             ));
         }
     }
@@ -155,39 +236,49 @@ pub fn map(field: &'static str, map: &BTreeMap<String, String>, limit: MapLimit)
 
 /// Store's metadata: keys under `semcache.` are reserved, and a response marked incomplete is
 /// cached only when the operator allows it.
-pub fn incomplete(metadata: &BTreeMap<String, String>, allowed: bool) -> Result<(), CacheError> {
+pub fn incomplete(metadata: &BTreeMap<String, String>, allowed: bool) -> Checked {
     for (k, v) in metadata.range("semcache.".to_string()..) {
         if !k.starts_with("semcache.") {
             break;
         }
         if k != INCOMPLETE_KEY {
-            return Err(invalid(
+            return Err(ValidationError::new(
                 "metadata",
-                format!(
-                    "key {:?} is reserved (keys starting with \"semcache.\"); the only one is {INCOMPLETE_KEY:?}",
-                    truncate(k)
-                ),
+                format!("key {:?} is reserved (keys starting with \"semcache.\")", truncate(k)),
+                format!("the only one is {INCOMPLETE_KEY:?}"),
             ));
         }
         if !INCOMPLETE_VALUES.contains(&v.as_str()) {
-            return Err(invalid(
+            return Err(ValidationError::new(
                 "metadata",
-                format!("{INCOMPLETE_KEY} is {:?}; it must be one of {}", truncate(v), INCOMPLETE_VALUES.join(", ")),
+                format!("{INCOMPLETE_KEY} is {:?}", truncate(v)),
+                format!("it must be one of {}", INCOMPLETE_VALUES.join(", ")),
             ));
         }
         if !allowed {
-            return Err(CacheError::NotCacheable(format!(
-                "the response is marked {INCOMPLETE_KEY} = {v:?} and this server does not cache incomplete \
-                 responses (start it with --cache-incomplete to allow them)"
-            )));
+            return Err(ValidationError {
+                refused_by_config: true,
+                ..ValidationError::new(
+                    "metadata",
+                    format!(
+                        "the response is marked {INCOMPLETE_KEY} = {v:?} and this server does not cache incomplete \
+                         responses"
+                    ),
+                    "start it with --cache-incomplete to allow them",
+                )
+            });
         }
     }
     Ok(())
 }
 
-pub fn entry_id(id: &str) -> Result<u64, CacheError> {
+pub fn entry_id(id: &str) -> Result<u64, ValidationError> {
     id.parse::<u64>().map_err(|_| {
-        invalid("id", format!("{:?} is not an entry id; ids are the decimal numbers that Store returns", truncate(id)))
+        ValidationError::new(
+            "id",
+            format!("{:?} is not an entry id", truncate(id)),
+            "ids are the decimal numbers that Store returns",
+        )
     })
 }
 
@@ -199,7 +290,7 @@ fn truncate(s: &str) -> &str {
 mod tests {
     use super::*;
 
-    fn reason(r: Result<impl std::fmt::Debug, CacheError>) -> String {
+    fn reason(r: Result<impl std::fmt::Debug, ValidationError>) -> String {
         r.unwrap_err().to_string()
     }
 
@@ -252,7 +343,7 @@ mod tests {
         assert!(incomplete(&meta("source", "gpt"), false).is_ok());
         assert!(incomplete(&meta("semcachex", "1"), false).is_ok());
         let refused = incomplete(&meta(INCOMPLETE_KEY, "truncated"), false).unwrap_err();
-        assert!(matches!(&refused, CacheError::NotCacheable(m) if m.contains("--cache-incomplete")), "{refused}");
+        assert!(refused.refused_by_config && refused.to_string().contains("--cache-incomplete"), "{refused}");
         assert!(incomplete(&meta(INCOMPLETE_KEY, "error"), true).is_ok());
         assert!(reason(incomplete(&meta(INCOMPLETE_KEY, "maybe"), true)).contains("truncated, error"));
         assert!(reason(incomplete(&meta("semcache.other", "x"), true)).contains("reserved"));

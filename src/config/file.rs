@@ -5,7 +5,7 @@
 //! own parser, so the file cannot accept what the command line would refuse.
 
 use super::ServeArgs;
-use crate::cache::{validate, CacheError, NamespaceUpdate};
+use crate::cache::{validate, NamespaceUpdate};
 use crate::grpc::auth::{self, TokenSpec};
 use clap::{parser::ValueSource, Arg, ArgMatches, Args, FromArgMatches};
 use std::{any::TypeId, ffi::OsString, path::PathBuf};
@@ -379,7 +379,7 @@ fn namespace_update(path: &std::path::Path, name: &str, value: &toml::Value) -> 
     validate::namespace(name).map_err(|e| ConfigError::Namespace {
         path: path.to_path_buf(),
         name: name.to_string(),
-        reason: reason(e),
+        reason: e.detail(),
     })?;
     let table = value.as_table().ok_or_else(|| wrong_type(path, &format!("namespaces.{name}"), "a table", value))?;
     let mut update = NamespaceUpdate { name: name.to_string(), ..Default::default() };
@@ -403,12 +403,12 @@ fn namespace_update(path: &std::path::Path, name: &str, value: &toml::Value) -> 
         match key.replace('-', "_").as_str() {
             "similarity_threshold" => {
                 let t = number()?;
-                validate::threshold("similarity_threshold", t).map_err(|e| invalid(rule(e)))?;
+                validate::threshold("similarity_threshold", t).map_err(|e| invalid(e.reason().to_string()))?;
                 update.similarity_threshold = Some(t);
             }
             "threshold_floor" => {
                 let f = number()?;
-                validate::floor(f).map_err(|e| invalid(rule(e)))?;
+                validate::floor(f).map_err(|e| invalid(e.reason().to_string()))?;
                 update.threshold_floor = Some(f);
             }
             "ttl_seconds" => update.ttl_seconds = Some(count()?),
@@ -487,7 +487,7 @@ fn token_spec(path: &std::path::Path, name: &str, value: &toml::Value) -> Result
                         .ok_or_else(|| wrong_type(path, &at(key), "an array of namespace names", value))?;
                     if n != "*" {
                         validate::namespace(n)
-                            .map_err(|e| invalid(key, item, format!("namespace name {}", reason(e))))?;
+                            .map_err(|e| invalid(key, item, format!("namespace name {}", e.detail())))?;
                     }
                     names.push(n.to_string());
                 }
@@ -539,24 +539,6 @@ fn toml_key(name: &str) -> String {
         format!("{name:?}")
     } else {
         name.to_string()
-    }
-}
-
-/// A validation refusal's reason.
-fn reason(e: CacheError) -> String {
-    match e {
-        CacheError::InvalidArgument { reason, .. } => reason,
-        other => other.to_string(),
-    }
-}
-
-/// A value's refusal without the value, which the message already shows: "is 1.5; it must be
-/// a number in (0, 1]" becomes "it must be a number in (0, 1]".
-fn rule(e: CacheError) -> String {
-    let reason = reason(e);
-    match reason.split_once("; ") {
-        Some((value, rule)) if value.starts_with("is ") => rule.to_string(),
-        _ => reason,
     }
 }
 

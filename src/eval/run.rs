@@ -10,13 +10,13 @@
 use super::dataset::Pair;
 use super::score::{Match, Observation};
 use super::EvalError;
-use crate::cache::normalize;
 use crate::client::Client;
 use crate::config::ClientArgs;
 use crate::load;
 use crate::proto::{
     ConfigureNamespaceRequest, DropNamespaceRequest, GetNamespaceRequest, LookupRequest, LookupResponse, StoreRequest,
 };
+use crate::text::normalize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -45,7 +45,7 @@ pub struct Observation {
 /// by normalised text, as the cache's: the same `a` appears in several pairs, and storing it
 /// again replaces the one entry, so any of those pairs may be answered by it.
 pub fn is_own(entry_query: &str, a: &str) -> bool {
-    crate::cache::normalize(entry_query) == crate::cache::normalize(a)
+    crate::text::normalize(entry_query) == crate::text::normalize(a)
 }
 
 /// The counts and rates at one threshold.

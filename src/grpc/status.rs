@@ -9,7 +9,7 @@ impl From<CacheError> for Status {
     fn from(err: CacheError) -> Self {
         let message = err.to_string();
         match err {
-            CacheError::InvalidArgument { .. } => Status::invalid_argument(message),
+            CacheError::InvalidArgument(_) => Status::invalid_argument(message),
             CacheError::NamespaceNotFound(_) | CacheError::EntryNotFound { .. } => Status::not_found(message),
             CacheError::ModelMismatch { .. } | CacheError::NotCacheable(_) => Status::failed_precondition(message),
             CacheError::LimitReached { .. } => Status::resource_exhausted(message),
@@ -40,17 +40,24 @@ fn embed_status(err: EmbedError, message: String) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::ValidationError;
     use tonic::Code;
 
     #[test]
     fn each_error_gets_its_code() {
         let cases: Vec<(CacheError, Code)> = vec![
-            (CacheError::InvalidArgument { field: "query", reason: "is empty".into() }, Code::InvalidArgument),
+            (ValidationError::new("query", "is empty", "").into(), Code::InvalidArgument),
             (CacheError::NamespaceNotFound("x".into()), Code::NotFound),
             (CacheError::EntryNotFound { namespace: "x".into(), id: 1 }, Code::NotFound),
             (EmbedError::QueueFull { capacity: 1 }.into(), Code::ResourceExhausted),
             (CacheError::LimitReached { limit: "--max-namespaces", reason: "full".into() }, Code::ResourceExhausted),
-            (CacheError::NotCacheable("truncated".into()), Code::FailedPrecondition),
+            (
+                CacheError::NotCacheable(ValidationError {
+                    refused_by_config: true,
+                    ..ValidationError::new("metadata", "is truncated", "allow it")
+                }),
+                Code::FailedPrecondition,
+            ),
             (EmbedError::NotReady.into(), Code::Unavailable),
             (EmbedError::Model("boom".into()).into(), Code::Internal),
         ];

@@ -345,7 +345,7 @@ impl Partition {
             dim: self.dim,
             model: model.to_owned(),
             points: graph.inserted,
-            written_unix_ms: crate::cache::now_unix_ms(),
+            written_unix_ms: crate::clock::now_unix_ms(),
         };
         checkpoint::write(graphs, &graph.hnsw, &meta)
     }

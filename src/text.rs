@@ -1,4 +1,5 @@
-//! The text form under which two queries count as the same question for the exact path.
+//! The text form under which two queries count as the same question: the exact-repeat path,
+//! conversation context keys and the evaluation tools all compare texts this way.
 
 use unicode_normalization::UnicodeNormalization;
 
