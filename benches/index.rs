@@ -17,7 +17,7 @@
 
 use rayon::prelude::*;
 use semcache::embed::{ModelInfo, SentenceModel};
-use semcache::index::{checkpoint, dot, seeded_unit_vector, IndexParams, Partition};
+use semcache::index::{checkpoint, dot, IndexParams, Partition};
 use semcache::load::Latencies;
 use semcache::store::keys;
 use std::collections::HashSet;
@@ -33,7 +33,7 @@ const MODEL: &str = "index-bench/384/seeded";
 fn near_query(seed: u64, of: &[f32]) -> Vec<f32> {
     // A random direction, nearly orthogonal to `of` in 384-d, at 0.484 of its length: the
     // result has cosine 1/sqrt(1 + 0.484^2) ~= 0.9 with `of`.
-    let noise = seeded_unit_vector(seed, DIM);
+    let noise = semcache::rng::unit_vector(seed, DIM);
     let mut q: Vec<f32> = of.iter().zip(&noise).map(|(a, b)| a + 0.484 * b).collect();
     let n = dot(&q, &q).sqrt();
     q.iter_mut().for_each(|x| *x /= n);
@@ -98,7 +98,7 @@ fn main() {
     println!("{:>9} {:>7} {:>5} {:>10} {:>10} {:>9}", "vectors", "queries", "ef", "p50 µs", "p99 µs", "recall@1");
     for n in sizes {
         println!("{n} vectors:");
-        let vectors: Vec<Vec<f32>> = (1..=n as u64).map(|id| seeded_unit_vector(id, DIM)).collect();
+        let vectors: Vec<Vec<f32>> = (1..=n as u64).map(|id| semcache::rng::unit_vector(id, DIM)).collect();
         let p = partition("bench", n, &vectors, graphs.as_ref());
         let near: Vec<Vec<f32>> = (0..QUERIES as u64)
             .map(|i| {
@@ -106,7 +106,7 @@ fn main() {
                 near_query(10_000_000 + i, &vectors[target as usize])
             })
             .collect();
-        let random: Vec<Vec<f32>> = (0..QUERIES as u64).map(|i| seeded_unit_vector(20_000_000 + i, DIM)).collect();
+        let random: Vec<Vec<f32>> = (0..QUERIES as u64).map(|i| semcache::rng::unit_vector(20_000_000 + i, DIM)).collect();
         report(n, &p, &vectors, &[("near", &near), ("random", &random)]);
     }
     if let Some(pairs) = std::env::var_os("SEMCACHE_INDEX_PAIRS") {

@@ -12,7 +12,7 @@ use semcache::client::Client;
 use semcache::config::ClientArgs;
 use semcache::config::ServeArgs;
 use semcache::embed::{ModelInfo, SentenceModel};
-use semcache::index::{seeded_unit_vector, IndexParams, Partition};
+use semcache::index::{IndexParams, Partition};
 use semcache::load::{self, Latencies, LoadConfig};
 use semcache::proto::{LookupRequest, StoreRequest};
 use semcache::store::keys;
@@ -144,7 +144,7 @@ fn main() {
         keys::scope_id(&Default::default()),
         query.len(),
         IndexParams::default(),
-        (1..=scan_limit as u64).map(|id| (id, seeded_unit_vector(id, query.len()))).collect(),
+        (1..=scan_limit as u64).map(|id| (id, semcache::rng::unit_vector(id, query.len()))).collect(),
     );
     let search = time_each(samples, || {
         scan.search(&query, 4);

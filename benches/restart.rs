@@ -7,11 +7,11 @@
 //! time and the process RSS after each open. Needs the model (`models/fetch.sh`), because
 //! `Cache::open` checks the data against it.
 
-use semcache::cache::{Cache, Defaults, Limits};
-use semcache::clock::now_unix_ms;
-use semcache::config::DeviceKind;
-use semcache::embed::{BatchConfig, Embedder, ModelInfo};
-use semcache::index::{seeded_unit_vector, IndexParams};
+use semcache::cache::{Cache, Defaults, Settings};
+use semcache::clock::{now_unix_ms, SystemClock};
+use semcache::embed::{BatchConfig, DeviceKind, Embedder, ModelInfo};
+use semcache::rng::unit_vector;
+use std::sync::Arc;
 use semcache::store::{keys, CatalogRecord, EntryRecord, NamespaceRecord, Store};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -49,7 +49,7 @@ fn fill(dir: &Path, info: &ModelInfo, entries: u64) {
                 query: query.clone(),
                 response: format!("answer {id}"),
                 created_at_unix_ms: now,
-                vector: seeded_unit_vector(id, info.dim),
+                vector: unit_vector(id, info.dim),
                 ..Default::default()
             };
             let catalog = CatalogRecord {
@@ -68,16 +68,14 @@ fn fill(dir: &Path, info: &ModelInfo, entries: u64) {
 }
 
 fn open(dir: &Path, model: &Path, info: &ModelInfo) -> (Cache, f64) {
-    let (embedder, _ready) = Embedder::spawn(model, info.clone(), DeviceKind::Cpu, BatchConfig::default());
+    let (embedder, _ready) =
+        Embedder::spawn(model, info.clone(), DeviceKind::Cpu, BatchConfig::default(), Box::new(|_| {}));
     let started = Instant::now();
-    let cache = Cache::open(
-        Store::open(dir).unwrap(),
-        embedder,
-        IndexParams::default(),
-        Defaults { similarity_threshold: 0.85, ttl_seconds: 0, max_bytes: 0, hit_guards: true },
-        Limits::default(),
-    )
-    .unwrap();
+    let settings = Settings {
+        defaults: Defaults { similarity_threshold: 0.85, ..Defaults::default() },
+        ..Settings::default()
+    };
+    let cache = Cache::open(Store::open(dir).unwrap(), Arc::new(embedder), settings, Arc::new(SystemClock)).unwrap();
     (cache, started.elapsed().as_secs_f64())
 }
 

@@ -28,6 +28,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
 }
 
+/// Buckets of the batch-size histogram: 1, 2, 4, ... 256 texts.
+pub fn batch_size_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 9))
+}
+
 /// Similarity buckets 0.0, 0.05, ... 1.0: where misses fall relative to the threshold.
 fn similarity_histogram() -> Histogram {
     Histogram::new(linear_buckets(0.0, 0.05, 21))
@@ -40,7 +45,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(cache: Arc<Cache>) -> Self {
+    /// `batch_sizes` is the histogram the model thread observes (see [`batch_size_histogram`]).
+    pub fn new(cache: Arc<Cache>, batch_sizes: Histogram) -> Self {
         let mut registry = Registry::with_prefix("semcache");
         let lookup_seconds = Family::<Outcome, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         registry.register(
@@ -54,7 +60,7 @@ impl Metrics {
             "Best candidate's cosine similarity on lookups that missed with a candidate",
             miss_similarity.clone(),
         );
-        registry.register("embed_batch_size", "Texts per forward pass of the model", cache.embed_batch_sizes());
+        registry.register("embed_batch_size", "Texts per forward pass of the model", batch_sizes);
         registry.register_collector(Box::new(CacheCollector { cache }));
         Self { registry, lookup_seconds, miss_similarity }
     }

@@ -1,7 +1,8 @@
 //! `semcache serve`: opens the data dir, starts the model thread and the gRPC server, and
 //! flips health to SERVING once the model has loaded and answered a warm-up request.
 
-use crate::cache::{validate, Cache, CacheError, Defaults, Maintenance, MaintenanceSettings};
+use crate::cache::{validate, Cache, CacheError, Defaults, Maintenance, MaintenanceSettings, Settings};
+use crate::clock::SystemClock;
 use crate::config::ServeArgs;
 use crate::embed::{check_model_dir, BatchConfig, EmbedError, Embedder, ModelInfo};
 use crate::grpc::admission::AdmissionLayer;
@@ -10,8 +11,10 @@ use crate::grpc::{SemanticCacheServer, SemanticCacheService};
 use crate::index::IndexParams;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use prometheus_client::metrics::histogram::Histogram;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -21,6 +24,9 @@ use tonic_health::ServingStatus;
 pub enum ServeError {
     #[error("invalid setting: {0}")]
     Config(String),
+    /// A start-up step that panicked (a bug), reported instead of re-panicking.
+    #[error("{0}")]
+    Startup(String),
     #[error(transparent)]
     Embed(#[from] EmbedError),
     #[error(transparent)]
@@ -104,12 +110,78 @@ fn tls_config(args: &ServeArgs) -> Result<Option<tonic::transport::ServerTlsConf
     Ok(Some(tls))
 }
 
+/// A model that is already loaded and warmed up, for several servers in one process (the
+/// integration tests start dozens): loading it once saves hashing and reading the weights and
+/// the warm-up for each.
+#[derive(Clone)]
+pub struct SharedModel {
+    embedder: Embedder,
+    batch_sizes: Histogram,
+}
+
+impl SharedModel {
+    /// Loads the model that `args` names, with its batching settings, and waits until it is ready.
+    pub async fn load(args: &ServeArgs) -> Result<Self, ServeError> {
+        let (embedder, batch_sizes, ready) = spawn_model(args).await?;
+        ready.await.map_err(|_| EmbedError::Stopped)??;
+        Ok(Self { embedder, batch_sizes })
+    }
+}
+
+type Ready = tokio::sync::oneshot::Receiver<Result<(), EmbedError>>;
+
+/// Starts the model thread of `args`; the receiver says when it is ready.
+async fn spawn_model(args: &ServeArgs) -> Result<(Embedder, Histogram, Ready), ServeError> {
+    check_model_dir(&args.model.model_dir)?;
+    let model_dir = args.model.model_dir.clone();
+    let info = tokio::task::spawn_blocking(move || ModelInfo::read(&model_dir))
+        .await
+        .map_err(|e| ServeError::Startup(format!("reading the model failed unexpectedly: {e}")))??;
+    tracing::info!(model = %info.fingerprint, dim = info.dim, "model found");
+    let batching = BatchConfig {
+        max_queue: args.max_queue,
+        max_batch: args.max_batch,
+        max_batch_tokens: args.max_batch_tokens,
+        threads: args.model_threads,
+        warmup_rounds: args.warmup_rounds,
+    };
+    let batch_sizes = crate::metrics::batch_size_histogram();
+    let observed = batch_sizes.clone();
+    let (embedder, ready) = Embedder::spawn(
+        &args.model.model_dir,
+        info,
+        args.model.device,
+        batching,
+        Box::new(move |texts| observed.observe(texts as f64)),
+    );
+    Ok((embedder, batch_sizes, ready))
+}
+
 /// Serves on `listener` until `shutdown` resolves (then in-flight requests finish) or the
 /// model fails to load (then the error is returned).
 pub async fn run(
     args: ServeArgs,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    serve(args, listener, shutdown, None).await
+}
+
+/// [`run`] with a model already loaded; the model settings of `args` are not used.
+pub async fn run_with_model(
+    args: ServeArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    model: SharedModel,
+) -> Result<(), ServeError> {
+    serve(args, listener, shutdown, Some(model)).await
+}
+
+async fn serve(
+    args: ServeArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    model: Option<SharedModel>,
 ) -> Result<(), ServeError> {
     check_args(&args)?;
     if let Ok(addr) = listener.local_addr() {
@@ -121,20 +193,15 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, data_dir = %args.data_dir.display(), tls = tls.is_some(), "listening");
     }
-    check_model_dir(&args.model.model_dir)?;
-    let model_dir = args.model.model_dir.clone();
-    let info = tokio::task::spawn_blocking(move || ModelInfo::read(&model_dir)).await.expect("model info task")?;
-    tracing::info!(model = %info.fingerprint, dim = info.dim, "model found");
-
-    // The model loads on its own thread while the index is rebuilt here.
-    let batching = BatchConfig {
-        max_queue: args.max_queue,
-        max_batch: args.max_batch,
-        max_batch_tokens: args.max_batch_tokens,
-        threads: args.model_threads,
-        warmup_rounds: args.warmup_rounds,
+    // The model loads on its own thread while the index is restored here.
+    let (embedder, batch_sizes, ready) = match model {
+        Some(SharedModel { embedder, batch_sizes }) => {
+            let (ready_tx, ready) = tokio::sync::oneshot::channel();
+            let _ = ready_tx.send(Ok(()));
+            (embedder, batch_sizes, ready)
+        }
+        None => spawn_model(&args).await?,
     };
-    let (embedder, ready) = Embedder::spawn(&args.model.model_dir, info, args.model.device, batching);
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|source| ServeError::DataDir { path: args.data_dir.clone(), source })?;
     let defaults = Defaults {
@@ -149,11 +216,11 @@ pub async fn run(
     let ef_search = args.ef_search;
     let cache = tokio::task::spawn_blocking(move || {
         let store = Store::open(&data_dir).map_err(CacheError::from)?;
-        let params = IndexParams { flat_limit: exact_scan_limit, ef_search, ..IndexParams::default() };
-        Cache::open(store, embedder, params, defaults, limits)
+        let index = IndexParams { flat_limit: exact_scan_limit, ef_search, ..IndexParams::default() };
+        Cache::open(store, Arc::new(embedder), Settings { index, defaults, limits }, Arc::new(SystemClock))
     })
     .await
-    .expect("cache open task")?;
+    .map_err(|e| ServeError::Startup(format!("opening the data dir failed unexpectedly: {e}")))??;
     let cache = Arc::new(cache);
     // Namespace settings from the config file, applied before the first request.
     for update in &args.namespaces {
@@ -176,10 +243,14 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<SemanticCacheServer<SemanticCacheService>>().await;
     health.set_service_status("", ServingStatus::NotServing).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both versions of reflection: grpcurl speaks v1, while grpc_cli, Python's
+    // grpc_reflection.v1alpha, older grpcurl and many GUI clients speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
 
     let failure: Arc<Mutex<Option<EmbedError>>> = Arc::default();
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
@@ -195,7 +266,7 @@ pub async fn run(
                 }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "model failed to load");
-                    *failure.lock().expect("failure lock") = Some(e);
+                    *failure.lock() = Some(e);
                     let _ = failed_tx.send(());
                 }
                 Err(_) => {}
@@ -203,7 +274,7 @@ pub async fn run(
         });
     }
 
-    let metrics = Arc::new(Metrics::new(cache.clone()));
+    let metrics = Arc::new(Metrics::new(cache.clone(), batch_sizes));
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_task = match args.metrics_listen {
         Some(addr) => {
@@ -253,7 +324,8 @@ pub async fn run(
     builder
         .layer(AdmissionLayer::new(args.max_in_flight, args.max_request_bytes))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(SemanticCacheService::new(cache.clone(), metrics).into_server(auth, args.max_request_bytes))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         .await?;
@@ -269,9 +341,11 @@ pub async fn run(
     }
     log_summary(&cache, "stopped; traffic since start");
     // Every request has finished: flush hit counts and recency, checkpoint changed graphs.
-    tokio::task::spawn_blocking(move || maintenance.stop()).await.expect("maintenance stop task");
+    if tokio::task::spawn_blocking(move || maintenance.stop()).await.is_err() {
+        tracing::error!("the final flush and checkpoint failed unexpectedly; the next start catches up from RocksDB");
+    }
     drop(cache);
-    let failed = failure.lock().expect("failure lock").take();
+    let failed = failure.lock().take();
     match failed {
         Some(e) => Err(e.into()),
         None => Ok(()),

@@ -10,7 +10,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use semcache::cache::guard::{check, Words};
-use semcache::cache::{context, normalize, validate};
+use semcache::cache::{context, validate};
+use semcache::text::normalize;
 use semcache::embed::{ModelInfo, SentenceModel};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,7 +24,7 @@ fn model() -> &'static SentenceModel {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/all-MiniLM-L6-v2")));
         let info = ModelInfo::read(&dir).expect("the model: run models/fetch.sh");
-        let cpu = semcache::embed::device(semcache::config::DeviceKind::Cpu).expect("the CPU");
+        let cpu = semcache::embed::device(semcache::embed::DeviceKind::Cpu).expect("the CPU");
         SentenceModel::load(&dir, info, cpu).expect("load the model")
     })
 }

@@ -6,7 +6,8 @@
 use crate::index::ScopeId;
 use crate::store::CatalogRecord;
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Meta {
@@ -83,7 +84,7 @@ struct Namespace {
 
 impl Ledger {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().expect("ledger lock")
+        self.inner.lock()
     }
 
     /// Adds (or replaces) an entry, as most recently used.

@@ -5,9 +5,9 @@
 //! They are separate so that a long graph build never delays expiry or a flush. On stop,
 //! each finishes its current step, then the last flush and checkpoint are written.
 
-use super::Cache;
-use crate::clock::now_unix_ms;
-use std::sync::{Arc, Condvar, Mutex};
+use super::{Cache, CacheError};
+use parking_lot::{Condvar, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -43,8 +43,8 @@ struct Stop {
 impl Stop {
     /// Sleeps for `d` unless stopped; returns whether to go on.
     fn wait(&self, d: Duration) -> bool {
-        let stopped = self.stopped.lock().expect("stop lock");
-        let (stopped, _) = self.wake.wait_timeout_while(stopped, d, |s| !*s).expect("stop lock");
+        let mut stopped = self.stopped.lock();
+        self.wake.wait_while_for(&mut stopped, |s| !*s, d);
         !*stopped
     }
 }
@@ -76,7 +76,7 @@ impl Maintenance {
 
     /// Stops both threads after their final flush and checkpoint; blocking.
     pub fn stop(mut self) {
-        *self.stop.stopped.lock().expect("stop lock") = true;
+        *self.stop.stopped.lock() = true;
         self.stop.wake.notify_all();
         for t in self.threads.drain(..) {
             if t.join().is_err() {
@@ -89,7 +89,7 @@ impl Maintenance {
 fn lifecycle(cache: &Cache, stop: &Stop, settings: MaintenanceSettings) {
     let mut last_flush = Instant::now();
     while stop.wait(settings.tick) {
-        match cache.sweep_expired(now_unix_ms(), SWEEP_PER_TICK) {
+        match cache.sweep_expired(SWEEP_PER_TICK) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(entries = n, "expired entries purged"),
             Err(e) => tracing::error!(error = %e, "expiry sweep failed"),
@@ -125,4 +125,36 @@ fn index(cache: &Cache, stop: &Stop, settings: MaintenanceSettings) {
         }
     }
     cache.checkpoint();
+}
+
+impl Cache {
+    /// Writes hit counts and recency changed since the last flush into the catalog (one
+    /// durable batch). Called periodically and at shutdown; a crash loses at most the
+    /// changes since the last flush, which costs statistics and recency, never an entry.
+    pub fn flush_catalog(&self) -> Result<usize, CacheError> {
+        let _exclusive = self.deleting.write();
+        let dirty = self.ledger.take_dirty();
+        if dirty.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = self.store.batch();
+        for (id, meta) in &dirty {
+            batch.put_catalog(&meta.namespace, *id, &meta.to_record());
+        }
+        if let Err(e) = self.store.write(batch) {
+            self.ledger.mark_dirty(dirty.iter().map(|(id, _)| *id));
+            return Err(e.into());
+        }
+        Ok(dirty.len())
+    }
+
+    /// Rebuilds partitions that outgrew their structure; see `Index::rebuild_where_needed`.
+    pub fn rebuild_partitions(&self) -> usize {
+        self.index.rebuild_where_needed()
+    }
+
+    /// Checkpoints the graphs that changed; see `Index::checkpoint`.
+    pub fn checkpoint(&self) -> usize {
+        self.index.checkpoint()
+    }
 }

@@ -12,12 +12,22 @@ use crate::grpc::auth::TokenSpec;
 use clap::{Args, ValueEnum};
 use std::{net::SocketAddr, path::PathBuf};
 
-/// Where the sentence model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DeviceKind {
-    Cpu,
-    /// An NVIDIA GPU; needs a build with `--features cuda`.
-    Cuda,
+pub use crate::embed::DeviceKind;
+
+/// The CLI's spelling of the model's device, kept here so that `embed` knows nothing of
+/// flags (TEI derives its CLI enums behind a feature for the same reason).
+impl ValueEnum for DeviceKind {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[DeviceKind::Cpu, DeviceKind::Cuda]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        Some(match self {
+            DeviceKind::Cpu => PossibleValue::new("cpu"),
+            DeviceKind::Cuda => PossibleValue::new("cuda").help("An NVIDIA GPU; needs a build with `--features cuda`"),
+        })
+    }
 }
 
 /// Which sentence model, and where it runs.

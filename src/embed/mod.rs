@@ -9,8 +9,6 @@ mod model;
 
 pub use model::{check_model_dir, device, mean_pool_normalize, ModelInfo, SentenceModel, REQUIRED_FILES};
 
-use crate::config::DeviceKind;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +38,34 @@ pub enum EmbedError {
     #[error("the model thread has stopped")]
     Stopped,
 }
+
+/// Where the sentence model runs. (The CLI's spelling of it lives in `config`, so this layer
+/// knows nothing of flags.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeviceKind {
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU; needs a build with `--features cuda`.
+    Cuda,
+}
+
+/// What the cache needs of a sentence model: the seam that lets the policy be tested with a
+/// stand-in, as TEI's `Backend` trait does. [`Embedder`] (the batching model thread) is the
+/// real one.
+#[async_trait::async_trait]
+pub trait Embed: Send + Sync {
+    /// The model's identity: its fingerprint decides which stored vectors are comparable.
+    fn info(&self) -> &ModelInfo;
+    /// Whether `embed` can answer (the model has loaded and warmed up).
+    fn is_ready(&self) -> bool;
+    /// Texts waiting for the model right now.
+    fn queue_depth(&self) -> usize;
+    /// The unit-length embedding of one text.
+    async fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError>;
+}
+
+/// Told the size of every batch the model thread runs (for a metric), on that thread.
+pub type BatchObserver = Box<dyn Fn(usize) + Send>;
 
 /// The variable that sizes candle's pool for element-wise ops.
 pub const CANDLE_THREADS_VAR: &str = "CANDLE_NUM_THREADS";
@@ -97,32 +123,24 @@ pub struct Embedder {
     ready: Arc<AtomicBool>,
     info: Arc<ModelInfo>,
     capacity: usize,
-    /// Texts per forward pass, observed by the model thread.
-    batch_sizes: Histogram,
-}
-
-/// Buckets of the batch-size histogram: 1, 2, 4, ... 256 texts.
-fn batch_size_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(1.0, 2.0, 9))
 }
 
 impl Embedder {
     /// Starts the model thread and returns at once. The receiver resolves when the model has
     /// loaded and answered its warm-up requests (or failed to); until then `embed` answers
-    /// [`EmbedError::NotReady`].
+    /// [`EmbedError::NotReady`]. `on_batch` hears the size of every batch.
     pub fn spawn(
         dir: &Path,
         info: ModelInfo,
         device: DeviceKind,
         config: BatchConfig,
+        on_batch: BatchObserver,
     ) -> (Self, oneshot::Receiver<Result<(), EmbedError>>) {
         let capacity = config.max_queue.max(1);
         let (tx, rx) = mpsc::channel(capacity);
         let (ready_tx, ready_rx) = oneshot::channel();
         let ready = Arc::new(AtomicBool::new(false));
-        let batch_sizes = batch_size_histogram();
-        let handle =
-            Self { tx, ready: ready.clone(), info: Arc::new(info.clone()), capacity, batch_sizes: batch_sizes.clone() };
+        let handle = Self { tx, ready: ready.clone(), info: Arc::new(info.clone()), capacity };
         let dir = dir.to_owned();
         std::thread::Builder::new()
             .name("semcache-model".into())
@@ -149,32 +167,30 @@ impl Embedder {
                 }
                 ready.store(true, Ordering::Release);
                 let _ = ready_tx.send(Ok(()));
-                Batcher { model: &model, pool: &pool, config, pending: VecDeque::new(), batch_sizes }.run(rx);
+                Batcher { model: &model, pool: &pool, config, pending: VecDeque::new(), on_batch }.run(rx);
             })
             .expect("spawn the model thread");
         (handle, ready_rx)
     }
 
-    pub fn info(&self) -> &ModelInfo {
+}
+
+#[async_trait::async_trait]
+impl Embed for Embedder {
+    fn info(&self) -> &ModelInfo {
         &self.info
     }
 
-    pub fn is_ready(&self) -> bool {
+    fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Requests waiting for the model right now.
-    pub fn queue_depth(&self) -> usize {
+    fn queue_depth(&self) -> usize {
         self.capacity - self.tx.capacity()
     }
 
-    /// Texts per forward pass so far (a handle on the live histogram).
-    pub fn batch_sizes(&self) -> Histogram {
-        self.batch_sizes.clone()
-    }
-
-    /// Embeds one text, batched with whatever else is waiting.
-    pub async fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+    /// Batched with whatever else is waiting.
+    async fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
         if !self.is_ready() {
             return Err(EmbedError::NotReady);
         }
@@ -211,7 +227,7 @@ struct Batcher<'a> {
     /// Tokenised requests not yet in a batch; never more than `max_batch`, so the channel's
     /// bound stays the bound on waiting work.
     pending: VecDeque<Tokenised>,
-    batch_sizes: Histogram,
+    on_batch: BatchObserver,
 }
 
 impl Batcher<'_> {
@@ -289,7 +305,7 @@ impl Batcher<'_> {
             self.pool.install(|| self.model.embed_tokenized(&encodings))
         }))
         .unwrap_or_else(|_| Err(EmbedError::Model("the model panicked on this batch".into())));
-        self.batch_sizes.observe(batch.len() as f64);
+        (self.on_batch)(batch.len());
         tracing::debug!(
             texts = batch.len(),
             tokens = encodings.iter().map(|e| e.len()).sum::<usize>(),

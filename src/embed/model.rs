@@ -2,8 +2,7 @@
 //! pooling and L2 normalisation, as sentence-transformers computes them.
 
 use super::bert::Bert;
-use super::EmbedError;
-use crate::config::DeviceKind;
+use super::{DeviceKind, EmbedError};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::Config;

@@ -10,6 +10,12 @@ use tonic::codegen::{http, BoxFuture};
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 
+use super::status::exhausted_retry_after;
+
+/// A call refused for too many in flight is worth retrying once some have finished; most
+/// take milliseconds, a burst of full-window texts about a second on 2 cores.
+const IN_FLIGHT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The cache API's path prefix; health and reflection are not limited, so that probes answer
 /// even when the cache is saturated.
 const LIMITED: &str = "/semcache.v1.SemanticCache/";
@@ -62,10 +68,13 @@ where
         }
         let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
             tracing::debug!(path = request.uri().path(), "refused: too many calls in flight");
-            let status = Status::resource_exhausted(format!(
-                "the server is at its limit of {} calls in progress (--max-in-flight); retry with backoff",
-                self.layer.max_in_flight
-            ));
+            let status = exhausted_retry_after(
+                format!(
+                    "the server is at its limit of {} calls in progress (--max-in-flight); retry with backoff",
+                    self.layer.max_in_flight
+                ),
+                IN_FLIGHT_RETRY,
+            );
             return Box::pin(std::future::ready(Ok(status.into_http())));
         };
         // The service that was polled ready is the one that must be called.
@@ -83,16 +92,14 @@ where
 /// tonic refuses a message over the decoding limit from its length prefix, as OUT_OF_RANGE
 /// with its own wording; gRPC's convention for a message over the receive limit is
 /// RESOURCE_EXHAUSTED, and the caller should learn which setting refused it. No handler of
-/// ours returns OUT_OF_RANGE, so the code alone identifies the refusal.
+/// ours returns OUT_OF_RANGE, so the code alone identifies the refusal (tonic's wording is
+/// not part of its API and is not read).
 fn name_the_size_limit(response: http::Response<Body>, max_request_bytes: usize) -> http::Response<Body> {
     match Status::from_header_map(response.headers()) {
-        Some(status) if status.code() == Code::OutOfRange && status.message().contains("too large") => {
-            let found = status.message().split("found ").nth(1).and_then(|s| s.split(' ').next()).unwrap_or("?");
-            Status::resource_exhausted(format!(
-                "the request is {found} bytes; at most {max_request_bytes} are allowed (--max-request-bytes)"
-            ))
-            .into_http()
-        }
+        Some(status) if status.code() == Code::OutOfRange => Status::resource_exhausted(format!(
+            "the request is larger than the {max_request_bytes} bytes allowed (--max-request-bytes)"
+        ))
+        .into_http(),
         _ => response,
     }
 }

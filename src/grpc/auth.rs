@@ -195,13 +195,16 @@ impl Auth {
         if let Some(limiter) = &found.limiter {
             if let Err(not_until) = limiter.check() {
                 let wait = not_until.wait_time_from(governor::clock::Clock::now(&DefaultClock::default()));
-                return Err(Status::resource_exhausted(format!(
-                    "token {:?} is over its limit of {} requests per second (requests_per_second in its \
-                     config); retry in {} ms",
-                    found.spec.name,
-                    found.spec.requests_per_second.map_or(0, NonZeroU32::get),
-                    wait.as_millis().max(1)
-                )));
+                return Err(super::status::exhausted_retry_after(
+                    format!(
+                        "token {:?} is over its limit of {} requests per second (requests_per_second in its \
+                         config); retry in {} ms",
+                        found.spec.name,
+                        found.spec.requests_per_second.map_or(0, NonZeroU32::get),
+                        wait.as_millis().max(1)
+                    ),
+                    wait,
+                ));
             }
         }
         Ok(Caller::Token(found.spec.clone()))

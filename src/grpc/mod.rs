@@ -6,7 +6,7 @@ pub mod admission;
 pub mod auth;
 mod status;
 
-use crate::cache::{self, context, Cache, DeleteTarget, Entry, MissReason, NamespaceView};
+use crate::cache::{self, Cache, DeleteTarget, Entry, MissReason, NamespaceView};
 use crate::metrics::Metrics;
 use crate::proto::{self as pb, semantic_cache_server::SemanticCache};
 use auth::{caller, Right};
@@ -38,25 +38,23 @@ impl SemanticCacheService {
     }
 }
 
-fn entry_to_pb(e: Entry, hit_count: u64) -> pb::Entry {
-    let (scope, context_key) = context::split(e.scope);
-    let usage = (e.input_tokens, e.output_tokens, e.cost_usd) != (0, 0, 0.0);
+fn entry_to_pb(e: Entry) -> pb::Entry {
     pb::Entry {
-        usage: usage.then_some(pb::Usage {
-            input_tokens: e.input_tokens,
-            output_tokens: e.output_tokens,
-            cost_usd: e.cost_usd,
+        usage: (e.usage != cache::Usage::default()).then_some(pb::Usage {
+            input_tokens: e.usage.input_tokens,
+            output_tokens: e.usage.output_tokens,
+            cost_usd: e.usage.cost_usd,
         }),
         id: e.id.to_string(),
         namespace: e.namespace,
         query: e.query,
         response: e.response,
-        scope,
-        context_key,
+        scope: e.scope,
+        context_key: e.context_key,
         metadata: e.metadata,
         created_at_unix_ms: e.created_at_unix_ms,
         expires_at_unix_ms: e.expires_at_unix_ms,
-        hit_count,
+        hit_count: e.hit_count,
     }
 }
 
@@ -95,7 +93,7 @@ impl SemanticCache for SemanticCacheService {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<pb::Entry, Status>>(256);
         let cache = self.cache.clone();
         tokio::task::spawn_blocking(move || {
-            let sent = cache.export(&namespace, |entry, hits| tx.blocking_send(Ok(entry_to_pb(entry, hits))).is_ok());
+            let sent = cache.export(&namespace, |entry| tx.blocking_send(Ok(entry_to_pb(entry))).is_ok());
             match sent {
                 Ok(sent) => tracing::debug!(rpc = "Export", %namespace, sent),
                 Err(e) => {
@@ -143,7 +141,7 @@ impl SemanticCache for SemanticCacheService {
         );
         Ok(Response::new(pb::LookupResponse {
             hit: outcome.hit(),
-            entry: outcome.entry.map(|e| entry_to_pb(e, outcome.hit_count)),
+            entry: outcome.entry.map(entry_to_pb),
             similarity: outcome.similarity,
             nearest_id: outcome.nearest_id.map(|id| id.to_string()).unwrap_or_default(),
             threshold: outcome.threshold,

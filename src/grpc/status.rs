@@ -1,9 +1,28 @@
 //! The one place where typed errors become gRPC statuses. Exhaustive on purpose: a new error
-//! variant does not compile until someone decides its status.
+//! variant does not compile until someone decides its status. A refusal that is worth retrying
+//! (RESOURCE_EXHAUSTED for load, not for a limit on what the server holds) carries a
+//! `retry-after` metadata entry in seconds, as qdrant sends it, so a client can back off
+//! without parsing the message.
 
 use crate::cache::CacheError;
 use crate::embed::EmbedError;
+use std::time::Duration;
 use tonic::Status;
+
+/// The metadata key of the back-off hint.
+pub const RETRY_AFTER: &str = "retry-after";
+
+/// How long a client should wait before retrying a call refused because the model's queue
+/// was full: about the time the model takes to work through a full queue's head on 2 cores.
+const QUEUE_FULL_RETRY: Duration = Duration::from_secs(1);
+
+/// A RESOURCE_EXHAUSTED status that says when to retry (whole seconds, at least one).
+pub fn exhausted_retry_after(message: impl Into<String>, after: Duration) -> Status {
+    let mut status = Status::resource_exhausted(message);
+    let seconds = after.as_secs_f64().ceil().max(1.0) as u64;
+    status.metadata_mut().insert(RETRY_AFTER, seconds.into());
+    status
+}
 
 impl From<CacheError> for Status {
     fn from(err: CacheError) -> Self {
@@ -12,11 +31,16 @@ impl From<CacheError> for Status {
             CacheError::InvalidArgument(_) => Status::invalid_argument(message),
             CacheError::NamespaceNotFound(_) | CacheError::EntryNotFound { .. } => Status::not_found(message),
             CacheError::ModelMismatch { .. } | CacheError::NotCacheable(_) => Status::failed_precondition(message),
+            // Not transient: retrying changes nothing until an operator acts.
             CacheError::LimitReached { .. } => Status::resource_exhausted(message),
             CacheError::Embed(e) => embed_status(e, message),
             CacheError::Storage(e) => {
                 tracing::error!(error = %e, "storage failure");
                 Status::internal("storage failure; the server log has the details")
+            }
+            CacheError::Internal(what) => {
+                tracing::error!(error = %what, "internal error");
+                Status::internal(message)
             }
         }
     }
@@ -24,7 +48,7 @@ impl From<CacheError> for Status {
 
 fn embed_status(err: EmbedError, message: String) -> Status {
     match err {
-        EmbedError::QueueFull { .. } => Status::resource_exhausted(message),
+        EmbedError::QueueFull { .. } => exhausted_retry_after(message, QUEUE_FULL_RETRY),
         EmbedError::NotReady | EmbedError::Stopped => Status::unavailable(message),
         EmbedError::Tokenize(_)
         | EmbedError::Model(_)
@@ -60,11 +84,22 @@ mod tests {
             ),
             (EmbedError::NotReady.into(), Code::Unavailable),
             (EmbedError::Model("boom".into()).into(), Code::Internal),
+            (CacheError::Internal("Lookup failed unexpectedly".into()), Code::Internal),
         ];
         for (err, code) in cases {
             let status = Status::from(err);
             assert_eq!(status.code(), code, "{}", status.message());
             assert!(!status.message().is_empty());
         }
+    }
+
+    #[test]
+    fn load_refusals_say_when_to_retry_and_limits_do_not() {
+        let full = Status::from(CacheError::from(EmbedError::QueueFull { capacity: 8 }));
+        assert_eq!(full.metadata().get(RETRY_AFTER).unwrap(), "1");
+        let limit = Status::from(CacheError::LimitReached { limit: "--max-namespaces", reason: "full".into() });
+        assert!(limit.metadata().get(RETRY_AFTER).is_none());
+        let later = exhausted_retry_after("slow down", Duration::from_millis(2_100));
+        assert_eq!(later.metadata().get(RETRY_AFTER).unwrap(), "3");
     }
 }

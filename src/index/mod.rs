@@ -6,11 +6,12 @@
 pub mod checkpoint;
 mod partition;
 
-pub use partition::{dot, seeded_unit_vector, Candidate, IndexParams, Partition};
+pub use partition::{dot, Candidate, IndexParams, Partition};
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use parking_lot::RwLock;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A scope map's identity (see `store::keys::scope_id`).
@@ -77,7 +78,6 @@ impl Index {
             };
             self.namespaces
                 .write()
-                .expect("index lock")
                 .entry(namespace)
                 .or_default()
                 .insert(scope, Arc::new(partition));
@@ -137,11 +137,11 @@ impl Index {
     }
 
     pub fn partition(&self, namespace: &str, scope: &ScopeId) -> Option<Arc<Partition>> {
-        self.namespaces.read().expect("index lock").get(namespace)?.get(scope).cloned()
+        self.namespaces.read().get(namespace)?.get(scope).cloned()
     }
 
     fn all(&self) -> Vec<Arc<Partition>> {
-        let map = self.namespaces.read().expect("index lock");
+        let map = self.namespaces.read();
         map.values().flat_map(|parts| parts.values().cloned()).collect()
     }
 
@@ -149,7 +149,7 @@ impl Index {
         let partition = match self.partition(namespace, scope) {
             Some(p) => p,
             None => {
-                let mut map = self.namespaces.write().expect("index lock");
+                let mut map = self.namespaces.write();
                 let namespace: Arc<str> = namespace.into();
                 let parts = map.entry(namespace.clone()).or_default();
                 parts
@@ -167,7 +167,7 @@ impl Index {
 
     /// Forgets a namespace's partitions and their checkpoints.
     pub fn drop_namespace(&self, namespace: &str) {
-        let parts = self.namespaces.write().expect("index lock").remove(namespace);
+        let parts = self.namespaces.write().remove(namespace);
         if let (Some(graphs), Some(parts)) = (&self.graphs, parts) {
             for scope in parts.keys() {
                 if let Err(e) = checkpoint::remove(graphs, namespace, scope) {
@@ -181,7 +181,6 @@ impl Index {
     pub fn len(&self, namespace: &str) -> usize {
         self.namespaces
             .read()
-            .expect("index lock")
             .get(namespace)
             .map_or(0, |parts| parts.values().map(|p| p.len()).sum())
     }
@@ -258,7 +257,7 @@ mod tests {
     }
 
     fn unit(seed: u64) -> Vec<f32> {
-        seeded_unit_vector(seed, 8)
+        crate::rng::unit_vector(seed, 8)
     }
 
     #[test]

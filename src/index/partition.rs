@@ -10,7 +10,10 @@ use hnsw_rs::prelude::{DistDot, Hnsw};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+// parking_lot: a panic inside an hnsw_rs insert must not poison the partition for every later
+// search, as std's locks would.
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 
 /// Tuning of the graphs; see `IndexParams::default` for the reasoning behind each value.
 #[derive(Debug, Clone, Copy)]
@@ -158,15 +161,15 @@ impl Partition {
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
-        self.inner.read().expect("index lock")
+        self.inner.read()
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Inner> {
-        self.inner.write().expect("index lock")
+        self.inner.write()
     }
 
     pub fn len(&self) -> usize {
-        let staged = self.staged.lock().expect("staged lock");
+        let staged = self.staged.lock();
         let (added, removed) = staged.as_ref().map_or((0, 0), |s| (s.inserts.ids.len(), s.removes.len()));
         (self.read().len() + added).saturating_sub(removed)
     }
@@ -183,7 +186,7 @@ impl Partition {
 
     pub fn insert(&self, id: u64, vector: &[f32]) {
         debug_assert_eq!(vector.len(), self.dim);
-        let mut staged = self.staged.lock().expect("staged lock");
+        let mut staged = self.staged.lock();
         if let Some(staged) = staged.as_mut() {
             staged.inserts.push(id, vector);
             self.changed.store(true, Ordering::Relaxed);
@@ -192,7 +195,7 @@ impl Partition {
         let mut inner = self.write();
         inner.insert(id, vector);
         self.changed.store(true, Ordering::Relaxed);
-        if let Some(journal) = self.journal.lock().expect("journal lock").as_mut() {
+        if let Some(journal) = self.journal.lock().as_mut() {
             journal.push(Change::Insert(id, vector.to_vec()));
         }
     }
@@ -204,14 +207,14 @@ impl Partition {
         }
         self.write().insert_many(items);
         self.changed.store(true, Ordering::Relaxed);
-        if let Some(journal) = self.journal.lock().expect("journal lock").as_mut() {
+        if let Some(journal) = self.journal.lock().as_mut() {
             journal.extend(items.iter().map(|(id, v)| Change::Insert(*id, v.clone())));
         }
     }
 
     /// Removes an id; returns whether it was present.
     pub fn remove(&self, id: u64) -> bool {
-        let mut staged = self.staged.lock().expect("staged lock");
+        let mut staged = self.staged.lock();
         if let Some(staged) = staged.as_mut() {
             if staged.inserts.remove(id) {
                 return true;
@@ -224,7 +227,7 @@ impl Partition {
         let mut inner = self.write();
         let removed = inner.remove(id);
         if removed {
-            if let Some(journal) = self.journal.lock().expect("journal lock").as_mut() {
+            if let Some(journal) = self.journal.lock().as_mut() {
                 journal.push(Change::Remove(id));
             }
         }
@@ -238,7 +241,7 @@ impl Partition {
 
     /// [`Partition::search`] with another HNSW search breadth (`ef`), for tuning it.
     pub fn search_with_ef(&self, query: &[f32], k: usize, ef: usize) -> Vec<Candidate> {
-        let (recent, removed) = match &*self.staged.lock().expect("staged lock") {
+        let (recent, removed) = match &*self.staged.lock() {
             None => return self.search_inner(query, k, ef),
             Some(s) => (s.inserts.search(self.dim, query, k), s.removes.clone()),
         };
@@ -284,12 +287,12 @@ impl Partition {
             let inner = self.read();
             // Under the read lock no insert is in progress: every change is either in this
             // snapshot or in the journal.
-            *self.journal.lock().expect("journal lock") = Some(Vec::new());
+            *self.journal.lock() = Some(Vec::new());
             inner.live_vectors(self.dim)
         };
         let mut fresh = Inner::build(&self.params, live);
         let mut inner = self.write();
-        let changes = self.journal.lock().expect("journal lock").take().unwrap_or_default();
+        let changes = self.journal.lock().take().unwrap_or_default();
         for change in changes {
             match change {
                 Change::Insert(id, v) => fresh.insert(id, &v),
@@ -319,12 +322,12 @@ impl Partition {
     }
 
     fn start_staging(&self) {
-        *self.staged.lock().expect("staged lock") = Some(Staged::default());
+        *self.staged.lock() = Some(Staged::default());
     }
 
     /// Applies the staged changes and goes back to writing straight into the structure.
     fn apply_staged(&self) {
-        let mut staged = self.staged.lock().expect("staged lock");
+        let mut staged = self.staged.lock();
         let mut inner = self.write();
         let Staged { inserts, removes } = staged.take().unwrap_or_default();
         let items: Vec<(u64, Vec<f32>)> =
@@ -515,29 +518,12 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Deterministic pseudo-random unit vectors (xorshift), for tests and benchmarks of the index
-/// without a `rand` dependency.
-pub fn seeded_unit_vector(seed: u64, dim: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v: Vec<f32> = (0..dim)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s % 20_001) as f32 / 10_000.0 - 1.0
-        })
-        .collect();
-    let n = dot(&v, &v).sqrt();
-    v.iter_mut().for_each(|x| *x /= n);
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn unit(seed: u64, dim: usize) -> Vec<f32> {
-        seeded_unit_vector(seed, dim)
+        crate::rng::unit_vector(seed, dim)
     }
 
     fn brute_force(items: &[(u64, Vec<f32>)], q: &[f32]) -> u64 {
@@ -549,6 +535,27 @@ mod tests {
         let (a, b) = (unit(1, 19), unit(2, 19));
         let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         assert!((dot(&a, &b) - naive).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_panic_under_the_lock_leaves_the_partition_serving() {
+        let params = IndexParams { flat_limit: 8, ..IndexParams::default() };
+        let items: Vec<_> = (0..40).map(|i| (i, unit(i, 16))).collect();
+        let p = Partition::from_vectors("ns".into(), [0; 16], 16, params, items.clone());
+        assert!(p.is_graph());
+        // What a panicking hnsw_rs insert does: unwind while holding the graph's write lock
+        // (and the staging lock, taken first by every insert).
+        let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _staged = p.staged.lock();
+            let _graph = p.write();
+            panic!("an insert panicked inside the graph");
+        }));
+        assert!(crashed.is_err());
+        assert_eq!(p.search(&items[3].1, 1)[0].id, 3, "searches go on");
+        p.insert(100, &unit(100, 16));
+        assert!(p.remove(5));
+        assert_eq!(p.search(&unit(100, 16), 1)[0].id, 100, "and so do inserts");
+        assert_eq!(p.len(), 40);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! precise status, the server stays up, and nothing stored changes. Run with `--nocapture` to
 //! see the table.
 
-mod common;
+use crate::harness as common;
 
 use common::*;
 use semcache::grpc::auth::hash_token;

@@ -1,7 +1,7 @@
 //! Hit quality through the real server: hit guards on hand-made near-duplicates, conversation
 //! context partitioning, generic follow-ups and threshold floors.
 
-mod common;
+use crate::harness as common;
 
 use common::*;
 use semcache::proto::*;

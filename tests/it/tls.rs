@@ -1,7 +1,7 @@
 //! TLS and mutual TLS: with a client CA, only a client holding a certificate from it gets in;
 //! a plaintext client and a TLS client without a certificate are turned away at the handshake.
 
-mod common;
+use crate::harness as common;
 
 use common::{lookup_req, model_dir, store_req};
 use semcache::config::ClientArgs;

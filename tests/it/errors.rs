@@ -1,7 +1,7 @@
 //! Every bad input in DESIGN.md's error list gets its precise status, the server stays up,
 //! and nothing stored changes.
 
-mod common;
+use crate::harness as common;
 
 use common::*;
 use semcache::proto::*;

@@ -1,6 +1,6 @@
 //! The SemanticCache API end to end over loopback gRPC, with the real model and RocksDB.
 
-mod common;
+use crate::harness as common;
 
 use common::*;
 use semcache::proto::*;

@@ -1,6 +1,6 @@
 //! Restart, health and reflection: the server as an operator sees it.
 
-mod common;
+use crate::harness as common;
 
 use common::*;
 use semcache::proto::*;

@@ -2,7 +2,7 @@
 //! must be refused with RESOURCE_EXHAUSTED, sooner than the admitted calls are answered; the
 //! admitted ones must succeed; and the server's memory must not grow with what was offered.
 
-mod common;
+use crate::harness as common;
 
 use common::process::{rss_of, Server};
 use common::{lookup_req, store_req};

@@ -15,7 +15,7 @@
 //! `SEMCACHE_CRASH_ROUNDS` sets the number of rounds (default 10). The kill delays come from a
 //! seed that is printed at the start (run with `--nocapture`); `SEMCACHE_CRASH_SEED` replays it.
 
-mod common;
+use crate::harness as common;
 
 use common::process::Server;
 use common::{lookup_req, scope, store_req};

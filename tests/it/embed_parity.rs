@@ -3,7 +3,7 @@
 //! Reference vectors: tests/fixtures/all-MiniLM-L6-v2.reference.json, produced by
 //! tests/fixtures/make_reference.py.
 
-mod common;
+use crate::harness as common;
 
 use semcache::embed::{ModelInfo, SentenceModel};
 
@@ -72,14 +72,13 @@ fn batches_match_the_reference_and_single_runs() {
 /// vector of its own text, equal to a one-at-a-time run within 1e-5.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_get_their_own_vectors_from_shared_batches() {
-    use semcache::config::DeviceKind;
-    use semcache::embed::{BatchConfig, Embedder};
+    use semcache::embed::{BatchConfig, DeviceKind, Embed, Embedder};
 
     let (model, reference) = load();
     let dir = common::model_dir();
     // A small token budget as well, so that some batches are cut by it rather than by count.
     let config = BatchConfig { max_batch: 16, max_batch_tokens: 160, threads: 2, ..BatchConfig::default() };
-    let (embedder, ready) = Embedder::spawn(&dir, ModelInfo::read(&dir).unwrap(), DeviceKind::Cpu, config);
+    let (embedder, ready) = Embedder::spawn(&dir, ModelInfo::read(&dir).unwrap(), DeviceKind::Cpu, config, Box::new(|_| {}));
     ready.await.unwrap().unwrap();
     let texts: Vec<String> = reference.items.iter().map(|i| i.text.clone()).collect();
     for round in 0..3 {

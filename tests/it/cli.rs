@@ -1,6 +1,6 @@
 //! The `semcache` binary as a user starts it.
 
-mod common;
+use crate::harness as common;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! `max_entries` and `--max-bytes`, Delete and DropNamespace, and graph checkpoints across a
 //! restart. Real server, real model, real RocksDB.
 
-mod common;
+use crate::harness as common;
 
 use common::*;
 use semcache::config::ServeArgs;
@@ -44,8 +44,9 @@ async fn wait_for_entries(c: &SemanticCacheClient<Channel>, ns: &str, n: u64) {
 async fn expired_entries_never_hit_and_are_purged() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = args(dir.path());
-    // The sweeper is slowed down so that the test sees an expired entry before its purge.
-    a.sweep_interval_ms = 3_000;
+    // No sweep during the first part: whatever refuses the expired entry there is the read
+    // path's own filter, and the entry counts show that it is still stored.
+    a.sweep_interval_ms = 3_600_000;
     let server = TestServer::start_with(a).await;
     let mut c = server.client.clone();
     let mut short = store_req("ttl", "How do I reset my password?", "Settings > Security");
@@ -68,11 +69,19 @@ async fn expired_entries_never_hit_and_are_purged() {
     assert!(!hits(&mut c, "ttl", "I forgot my password, how can I change it?").await, "semantic path after expiry");
     assert!(hits(&mut c, "ttl", "Where is my order?").await, "ttl 0 never expires");
 
+    let s = stats(&mut c, "ttl").await;
+    assert_eq!((s.expirations, s.entries), (0, 2), "refused by the read path, not yet purged");
+    server.stop().await;
+
+    // With the sweeper running, the expired entry goes from the index and RocksDB.
+    let server = TestServer::start_with(args(dir.path())).await;
+    let mut c = server.client.clone();
     wait_for_entries(&c, "ttl", 1).await;
     let s = stats(&mut c, "ttl").await;
     assert_eq!((s.expirations, s.entries), (1, 1));
     let ns = c.get_namespace(GetNamespaceRequest { name: "ttl".into() }).await.unwrap().into_inner();
     assert_eq!(ns.entries, 1, "purged from RocksDB's catalog too");
+    assert!(hits(&mut c, "ttl", "Where is my order?").await);
     server.stop().await;
 }
 

@@ -4,6 +4,7 @@
 pub mod process;
 
 use semcache::config::ServeArgs;
+use semcache::server::SharedModel;
 use semcache::proto::semantic_cache_client::SemanticCacheClient;
 use semcache::proto::*;
 use std::collections::BTreeMap;
@@ -42,20 +43,33 @@ impl TestServer {
         Self::start_with(ServeArgs::with_dirs(data_dir, model_dir())).await
     }
 
+    /// Starts a server and waits until health says SERVING. Servers whose model settings are
+    /// the defaults share one model, loaded once for the whole test binary.
     pub async fn start_with(args: ServeArgs) -> Self {
-        let server = Self::spawn(args).await;
+        let server = match shared_model(&args).await {
+            Some(model) => Self::launch(args, Some(model)).await,
+            None => Self::spawn(args).await,
+        };
         server.wait_serving().await;
         server
     }
 
-    /// Starts a server without waiting for the model.
+    /// Starts a server with a model of its own, without waiting for it.
     pub async fn spawn(args: ServeArgs) -> Self {
+        Self::launch(args, None).await
+    }
+
+    async fn launch(args: ServeArgs, model: Option<SharedModel>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(semcache::server::run(args, listener, async {
+        let stopped = async {
             let _ = stopped.await;
-        }));
+        };
+        let task = match model {
+            Some(model) => tokio::spawn(semcache::server::run_with_model(args, listener, stopped, model)),
+            None => tokio::spawn(semcache::server::run(args, listener, stopped)),
+        };
         let channel = loop {
             match Channel::from_shared(format!("http://{addr}")).unwrap().connect().await {
                 Ok(c) => break c,
@@ -87,6 +101,20 @@ impl TestServer {
         let _ = self.stop.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap().unwrap();
     }
+}
+
+/// The model every default-configured test server shares, when `args` asks for nothing else.
+async fn shared_model(args: &ServeArgs) -> Option<SharedModel> {
+    static MODEL: tokio::sync::OnceCell<SharedModel> = tokio::sync::OnceCell::const_new();
+    let defaults = ServeArgs::with_dirs(&args.data_dir, model_dir());
+    fn same(a: &ServeArgs) -> (&Path, semcache::embed::DeviceKind, [usize; 4]) {
+        (&a.model.model_dir, a.model.device, [a.max_queue, a.max_batch, a.max_batch_tokens, a.model_threads])
+    }
+    if same(args) != same(&defaults) {
+        return None;
+    }
+    let model = MODEL.get_or_init(|| async { SharedModel::load(&defaults).await.expect("the shared model loads") });
+    Some(model.await.clone())
 }
 
 pub fn scope(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
