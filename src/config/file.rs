@@ -195,22 +195,26 @@ pub fn resolve(matches: &ArgMatches) -> Result<Resolved, ConfigError> {
     let doc = Document::deserialize(toml::de::Deserializer::from(tree.clone()))
         .map_err(|e| src.refusal(tree.get_ref(), &e))?;
 
-    let mut from_file: Vec<&str> = Vec::new();
+    // In the file's order, so that a setting given twice is refused where it comes again.
+    let mut server: Vec<_> = doc.server.iter().collect();
+    server.sort_by_key(|(key, _)| key.span().start);
+    let mut set: Vec<(&str, &str)> = Vec::new();
     let mut file_argv: Vec<OsString> = Vec::new();
-    for (key, value) in &doc.server {
+    for (key, value) in server {
         let full = format!("server.{}", toml_key(key.get_ref()));
         let arg = find_arg(&cmd, key.get_ref()).ok_or_else(|| src.unknown_server_key(&cmd, key))?;
         let id = arg.get_id().as_str();
-        if from_file.contains(&id) {
-            let reason = format!("{id} is set twice (as `{}` and `{}`)", id, id.replace('_', "-"));
+        if let Some((_, first)) = set.iter().find(|(seen, _)| *seen == id) {
+            let reason = format!("{id} is set twice (as `{first}` and `{}`)", key.get_ref());
             return Err(src.invalid(value.span(), full, reason));
         }
         let flag = flag_value(&src, &cmd, arg, &full, value)?;
-        from_file.push(id);
+        set.push((id, key.get_ref()));
         if matches!(matches.value_source(id), None | Some(ValueSource::DefaultValue)) {
             file_argv.extend(flag);
         }
     }
+    let from_file: Vec<&str> = set.iter().map(|(id, _)| *id).collect();
     let namespaces =
         doc.namespaces.iter().map(|(name, table)| src.namespace(name, table)).collect::<Result<Vec<_>, _>>()?;
     let tokens = src.tokens(&doc.tokens)?;
@@ -911,7 +915,10 @@ mod tests {
         let (_, m) = refusal("[server]\nmax_queue = -1");
         assert!(m.contains("server.max_queue: invalid value -1: must not be negative"), "{m}");
         let (_, m) = refusal("[server]\nmax_queue = 1\nmax-queue = 2");
-        assert!(m.contains("set twice"), "{m}");
+        assert!(
+            m.contains("server.max-queue: invalid value 2: max_queue is set twice (as `max_queue` and `max-queue`)"),
+            "{m}"
+        );
         let (_, m) = refusal("[namespaces.support]\nsimilarity_threshold = 1.5");
         assert!(
             m.contains("namespaces.support.similarity_threshold: invalid value 1.5: it must be a number in (0, 1]"),
