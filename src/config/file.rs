@@ -261,8 +261,7 @@ impl Resolved {
             }
         }
         for ns in &self.args.namespaces {
-            let name = if ns.name.contains('.') { format!("{:?}", ns.name) } else { ns.name.clone() };
-            out.push_str(&format!("\n[namespaces.{name}]\n"));
+            out.push_str(&format!("\n[namespaces.{}]\n", toml_key(&ns.name)));
             if let Some(t) = ns.similarity_threshold {
                 out.push_str(&format!("similarity_threshold = {t}\n"));
             }
@@ -738,12 +737,12 @@ fn within(inner: &Range<usize>, outer: &Range<usize>) -> bool {
     outer.start <= inner.start && inner.end <= outer.end
 }
 
-/// A namespace name as a TOML key.
+/// A key as TOML writes it: bare where it can be, else quoted.
 fn toml_key(name: &str) -> String {
-    if name.contains('.') {
-        format!("{name:?}")
-    } else {
+    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         name.to_string()
+    } else {
+        toml::Value::String(name.to_string()).to_string()
     }
 }
 
@@ -1033,6 +1032,18 @@ mod tests {
                 assert!(fields.contains(&k.name.replace('_', "-")), "{} has no '-' spelling", k.name);
             }
         }
+    }
+
+    #[test]
+    fn names_that_are_not_bare_keys_are_quoted() {
+        assert_eq!(toml_key("support_v2-en"), "support_v2-en");
+        assert_eq!(toml_key("faq.v2"), "\"faq.v2\"");
+        assert_eq!(toml_key("my gateway"), "\"my gateway\"");
+        let d = auth::hash_token("x");
+        let r = resolve_with(&format!("[tokens.\"my gateway\"]\nsha256 = \"{d}\"\nread = [\"*\"]"), &[]).unwrap();
+        let toml = r.to_toml();
+        assert!(toml.contains("[tokens.\"my gateway\"]"), "{toml}");
+        assert_eq!(resolve_with(&toml, &[]).unwrap().args.tokens, r.args.tokens);
     }
 
     #[test]
