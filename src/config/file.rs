@@ -1,17 +1,25 @@
 //! `semcache serve --config FILE`: the TOML file under the flags and environment variables.
 //!
-//! The keys are clap's own (every flag of [`ServeArgs`], flattened ones included), so a flag
-//! added later is settable from the file with no code here; each value goes through the flag's
-//! own parser, so the file cannot accept what the command line would refuse.
+//! serde reads the file into [`Document`]. The keys of `[server]` are clap's own (every flag of
+//! [`ServeArgs`], flattened ones included), so a flag added later is settable from the file
+//! with no code here; each value goes through the flag's own parser, so the file cannot accept
+//! what the command line would refuse.
 
 use super::ServeArgs;
 use crate::cache::{validate, NamespaceUpdate};
 use crate::grpc::auth::{self, TokenSpec};
 use clap::{parser::ValueSource, Arg, ArgMatches, Args, FromArgMatches};
-use std::{any::TypeId, ffi::OsString, path::PathBuf};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::{any::TypeId, ffi::OsString, fmt};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
 
 /// Why `semcache serve`'s settings were refused. Every refusal of the config file names the
-/// file and the key.
+/// file and the key, and where toml knows it, the line and column.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A flag or environment variable (clap's own message).
@@ -21,21 +29,43 @@ pub enum ConfigError {
     Read { path: PathBuf, error: std::io::Error },
     #[error("config file {}: TOML syntax error at line {line}, column {column}: {message}", .path.display())]
     Syntax { path: PathBuf, line: usize, column: usize, message: String },
-    #[error("config file {}: unknown key {key}{hint}; known keys: {}", .path.display(), .known.join(", "))]
+    #[error("config file {at}: unknown key {key}{hint}; known keys: {}", .known.join(", "))]
     UnknownKey {
-        path: PathBuf,
+        at: Place,
         /// The key with its tables, as in `server.max_qeue`.
         key: String,
         /// A suggestion, as in ` (did you mean max_queue?)`, or empty.
         hint: String,
         known: Vec<String>,
     },
-    #[error("config file {}: {key}: expected {expected}, found {found}", .path.display())]
-    WrongType { path: PathBuf, key: String, expected: &'static str, found: &'static str },
-    #[error("config file {}: {key}: invalid value {value}: {reason}", .path.display())]
-    InvalidValue { path: PathBuf, key: String, value: String, reason: String },
-    #[error("config file {}: namespace name {name:?} {reason}", .path.display())]
-    Namespace { path: PathBuf, name: String, reason: String },
+    #[error("config file {at}: {key}: expected {expected}, found {found}")]
+    WrongType { at: Place, key: String, expected: &'static str, found: &'static str },
+    #[error("config file {at}: {key}: invalid value {value}: {reason}")]
+    InvalidValue { at: Place, key: String, value: String, reason: String },
+    /// A rule between two settings; the reason quotes both values.
+    #[error("config file {at}: {key}: {reason}")]
+    Refused { at: Place, key: String, reason: String },
+    #[error("config file {at}: namespace name {name:?} {reason}")]
+    Namespace { at: Place, name: String, reason: String },
+}
+
+/// The file, and where in it a refusal points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub path: PathBuf,
+    /// From 1, the column in characters; `None` where toml gave no span.
+    pub line_column: Option<(usize, usize)>,
+}
+
+/// `FILE:LINE:COLUMN`, which editors and terminals open at the place.
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        match self.line_column {
+            Some((line, column)) => write!(f, ":{line}:{column}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// `semcache serve`'s settings after the config file, and where each came from.
@@ -53,15 +83,90 @@ struct Setting {
     source: String,
 }
 
-/// Keys of `[tokens.NAME]`.
-const TOKEN_KEYS: [&str; 4] = ["sha256", "read", "write", "requests_per_second"];
+/// The whole file. The maps are sorted by key, so namespaces and tokens come out sorted by
+/// name, as [`ServeArgs`] promises.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document {
+    /// Not a struct: clap knows the keys and checks the values.
+    #[serde(default)]
+    server: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    #[serde(default)]
+    namespaces: BTreeMap<Spanned<String>, NamespaceTable>,
+    #[serde(default)]
+    tokens: BTreeMap<Spanned<String>, Spanned<TokenTable>>,
+}
 
-/// Top-level tables.
-const SECTIONS: [&str; 3] = ["server", "namespaces", "tokens"];
+/// [`Document`]'s fields.
+const SECTIONS: [Key; 3] =
+    [Key::new("server", Kind::Table), Key::new("namespaces", Kind::Table), Key::new("tokens", Kind::Table)];
 
-/// Keys of `[namespaces.NAME]`.
-const NAMESPACE_KEYS: [&str; 5] =
-    ["similarity_threshold", "ttl_seconds", "max_entries", "threshold_floor", "hit_guards"];
+/// `[namespaces.NAME]`. Each key may be spelt with `-` as well, like `[server]`'s.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamespaceTable {
+    #[serde(alias = "similarity-threshold")]
+    similarity_threshold: Option<Spanned<f32>>,
+    #[serde(alias = "ttl-seconds")]
+    ttl_seconds: Option<u64>,
+    #[serde(alias = "max-entries")]
+    max_entries: Option<u64>,
+    #[serde(alias = "threshold-floor")]
+    threshold_floor: Option<Spanned<f32>>,
+    #[serde(alias = "hit-guards")]
+    hit_guards: Option<bool>,
+}
+
+/// [`NamespaceTable`]'s fields.
+const NAMESPACE_KEYS: [Key; 5] = [
+    Key::new("similarity_threshold", Kind::Float),
+    Key::new("ttl_seconds", Kind::Integer),
+    Key::new("max_entries", Kind::Integer),
+    Key::new("threshold_floor", Kind::Float),
+    Key::new("hit_guards", Kind::Bool),
+];
+
+/// `[tokens.NAME]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenTable {
+    sha256: Spanned<String>,
+    #[serde(default)]
+    read: Vec<Spanned<String>>,
+    #[serde(default)]
+    write: Vec<Spanned<String>>,
+    /// Any integer, so that 0, a negative number and one past `u32` get the same refusal.
+    #[serde(alias = "requests-per-second")]
+    requests_per_second: Option<Spanned<i64>>,
+}
+
+/// [`TokenTable`]'s fields.
+const TOKEN_KEYS: [Key; 4] = [
+    Key::new("sha256", Kind::Text).required("the SHA-256 of the token (`semcache token` makes one)"),
+    Key::new("read", Kind::Names),
+    Key::new("write", Kind::Names),
+    Key::new("requests_per_second", Kind::Integer),
+];
+
+/// A field of one of the file's structs, for refusals: serde's own messages speak of Rust
+/// types (`expected u64`), not of what the file must hold.
+#[derive(Debug, Clone, Copy)]
+struct Key {
+    name: &'static str,
+    kind: Kind,
+    /// What it is, for a struct that cannot do without it; `None` when it may be left out.
+    required: Option<&'static str>,
+}
+
+impl Key {
+    const fn new(name: &'static str, kind: Kind) -> Key {
+        Key { name, kind, required: None }
+    }
+
+    const fn required(self, what: &'static str) -> Key {
+        Key { required: Some(what), ..self }
+    }
+}
 
 /// Flags of `semcache serve` that the file cannot set.
 fn file_settable(arg: &Arg) -> bool {
@@ -84,68 +189,35 @@ pub fn resolve(matches: &ArgMatches) -> Result<Resolved, ConfigError> {
         return Ok(Resolved { args: base, settings });
     };
     let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Read { path: path.clone(), error })?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| syntax_error(&path, &text, &e))?;
+    let src = Source { path: &path, text: &text };
+    let tree = DeTable::parse(&text).map_err(|e| src.syntax(&e))?;
+    // The tree stays to find what a refusal's span points at.
+    let doc = Document::deserialize(toml::de::Deserializer::from(tree.clone()))
+        .map_err(|e| src.refusal(tree.get_ref(), &e))?;
 
-    let mut from_file: Vec<&str> = Vec::new();
+    // In the file's order, so that a setting given twice is refused where it comes again.
+    let mut server: Vec<_> = doc.server.iter().collect();
+    server.sort_by_key(|(key, _)| key.span().start);
+    let mut set: Vec<(&str, &str)> = Vec::new();
     let mut file_argv: Vec<OsString> = Vec::new();
-    let mut namespaces = Vec::new();
-    let mut tokens = Vec::new();
-    for (section, value) in &table {
-        match section.as_str() {
-            "server" => {
-                let server = value.as_table().ok_or_else(|| wrong_type(&path, "server", "a table", value))?;
-                for (key, value) in server {
-                    let full = format!("server.{key}");
-                    let arg = find_arg(&cmd, key).ok_or_else(|| unknown_server_key(&path, &cmd, key))?;
-                    let id = arg.get_id().as_str();
-                    if from_file.contains(&id) {
-                        return Err(ConfigError::InvalidValue {
-                            path,
-                            key: full,
-                            value: value.to_string(),
-                            reason: format!("{id} is set twice (as `{}` and `{}`)", id, id.replace('_', "-")),
-                        });
-                    }
-                    let flag = flag_value(&path, &cmd, arg, &full, value)?;
-                    from_file.push(id);
-                    if matches!(matches.value_source(id), None | Some(ValueSource::DefaultValue)) {
-                        file_argv.extend(flag);
-                    }
-                }
-            }
-            "namespaces" => {
-                let tables = value.as_table().ok_or_else(|| wrong_type(&path, "namespaces", "a table", value))?;
-                for (name, value) in tables {
-                    namespaces.push(namespace_update(&path, name, value)?);
-                }
-            }
-            "tokens" => {
-                let tables = value.as_table().ok_or_else(|| wrong_type(&path, "tokens", "a table", value))?;
-                for (name, value) in tables {
-                    let token = token_spec(&path, name, value)?;
-                    if let Some(twin) = tokens.iter().find(|t: &&TokenSpec| t.sha256 == token.sha256) {
-                        return Err(ConfigError::InvalidValue {
-                            path,
-                            key: format!("tokens.{}.sha256", toml_key(name)),
-                            value: format!("{:?}", token.sha256),
-                            reason: format!("is also the digest of tokens.{}; each token must be distinct", twin.name),
-                        });
-                    }
-                    tokens.push(token);
-                }
-            }
-            other => {
-                return Err(ConfigError::UnknownKey {
-                    path,
-                    key: other.to_string(),
-                    hint: suggest(other, SECTIONS),
-                    known: SECTIONS.iter().map(|s| s.to_string()).collect(),
-                })
-            }
+    for (key, value) in server {
+        let full = format!("server.{}", toml_key(key.get_ref()));
+        let arg = find_arg(&cmd, key.get_ref()).ok_or_else(|| src.unknown_server_key(&cmd, key))?;
+        let id = arg.get_id().as_str();
+        if let Some((_, first)) = set.iter().find(|(seen, _)| *seen == id) {
+            let reason = format!("{id} is set twice (as `{first}` and `{}`)", key.get_ref());
+            return Err(src.invalid(value.span(), full, reason));
+        }
+        let flag = flag_value(&src, &cmd, arg, &full, value)?;
+        set.push((id, key.get_ref()));
+        if matches!(matches.value_source(id), None | Some(ValueSource::DefaultValue)) {
+            file_argv.extend(flag);
         }
     }
-    namespaces.sort_by(|a, b| a.name.cmp(&b.name));
-    tokens.sort_by(|a, b| a.name.cmp(&b.name));
+    let from_file: Vec<&str> = set.iter().map(|(id, _)| *id).collect();
+    let namespaces =
+        doc.namespaces.iter().map(|(name, table)| src.namespace(name, table)).collect::<Result<Vec<_>, _>>()?;
+    let tokens = src.tokens(&doc.tokens)?;
 
     // Parse again with the file's values as flags after the command line's own; environment
     // variables are read again by clap, and only fill what neither sets.
@@ -189,8 +261,7 @@ impl Resolved {
             }
         }
         for ns in &self.args.namespaces {
-            let name = if ns.name.contains('.') { format!("{:?}", ns.name) } else { ns.name.clone() };
-            out.push_str(&format!("\n[namespaces.{name}]\n"));
+            out.push_str(&format!("\n[namespaces.{}]\n", toml_key(&ns.name)));
             if let Some(t) = ns.similarity_threshold {
                 out.push_str(&format!("similarity_threshold = {t}\n"));
             }
@@ -224,13 +295,16 @@ impl Resolved {
     }
 }
 
-/// What a TOML value must be for a flag, from the type clap parses it into.
+/// What a TOML value must be: for a flag, from the type clap parses it into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Bool,
     Integer,
     Float,
     Text,
+    Table,
+    /// Namespace names (or `*`).
+    Names,
 }
 
 impl Kind {
@@ -268,6 +342,21 @@ impl Kind {
             Kind::Integer => "an integer",
             Kind::Float => "a number",
             Kind::Text => "a string",
+            Kind::Table => "a table",
+            Kind::Names => "an array of namespace names",
+        }
+    }
+
+    /// Whether `value` has the type; an integer is a number too.
+    fn fits(self, value: &DeValue<'_>) -> bool {
+        match (self, value) {
+            (Kind::Names, DeValue::Array(items)) => items.iter().all(|i| i.get_ref().is_str()),
+            (Kind::Bool, DeValue::Boolean(_))
+            | (Kind::Integer | Kind::Float, DeValue::Integer(_))
+            | (Kind::Float, DeValue::Float(_))
+            | (Kind::Text, DeValue::String(_))
+            | (Kind::Table, DeValue::Table(_)) => true,
+            _ => false,
         }
     }
 }
@@ -280,35 +369,31 @@ fn find_arg<'c>(cmd: &'c clap::Command, key: &str) -> Option<&'c Arg> {
 /// The file's value as the flag `--long=value`, checked by the flag's own parser; a switch
 /// (`--insecure-listen-any`) is `--long` when true and nothing when false.
 fn flag_value(
-    path: &std::path::Path,
+    src: &Source,
     cmd: &clap::Command,
     arg: &Arg,
     key: &str,
-    value: &toml::Value,
+    value: &Spanned<toml::Value>,
 ) -> Result<Option<OsString>, ConfigError> {
     use toml::Value;
     let kind = Kind::of(arg);
+    let wrong_type = || src.wrong_type(value.span(), key.to_string(), kind, value.get_ref().type_str());
     if matches!(arg.get_action(), clap::ArgAction::SetTrue) {
         let long = arg.get_long().expect("file-settable flags are long");
-        return match value {
+        return match value.get_ref() {
             Value::Boolean(true) => Ok(Some(format!("--{long}").into())),
             Value::Boolean(false) => Ok(None),
-            _ => Err(wrong_type(path, key, kind.expected(), value)),
+            _ => Err(wrong_type()),
         };
     }
-    let text = match (kind, value) {
+    let text = match (kind, value.get_ref()) {
         (Kind::Bool, Value::Boolean(b)) => b.to_string(),
         (Kind::Integer | Kind::Float, Value::Integer(i)) => i.to_string(),
         (Kind::Float, Value::Float(f)) => f.to_string(),
         (Kind::Text, Value::String(s)) => s.clone(),
-        _ => return Err(wrong_type(path, key, kind.expected(), value)),
+        _ => return Err(wrong_type()),
     };
-    let invalid = |reason: String| ConfigError::InvalidValue {
-        path: path.to_path_buf(),
-        key: key.to_string(),
-        value: value.to_string(),
-        reason,
-    };
+    let invalid = |reason: String| src.invalid(value.span(), key.to_string(), reason);
     if kind == Kind::Integer && text.starts_with('-') {
         return Err(invalid("must not be negative".into()));
     }
@@ -375,189 +460,295 @@ fn describe(cmd: &clap::Command, effective: &ArgMatches, given: &ArgMatches, fro
         .collect()
 }
 
-fn namespace_update(path: &std::path::Path, name: &str, value: &toml::Value) -> Result<NamespaceUpdate, ConfigError> {
-    validate::namespace(name).map_err(|e| ConfigError::Namespace {
-        path: path.to_path_buf(),
-        name: name.to_string(),
-        reason: e.detail(),
-    })?;
-    let table = value.as_table().ok_or_else(|| wrong_type(path, &format!("namespaces.{name}"), "a table", value))?;
-    let mut update = NamespaceUpdate { name: name.to_string(), ..Default::default() };
-    for (key, value) in table {
-        let full = format!("namespaces.{}.{key}", toml_key(name));
-        let invalid = |reason: String| ConfigError::InvalidValue {
-            path: path.to_path_buf(),
-            key: full.clone(),
-            value: value.to_string(),
-            reason,
-        };
-        let number = || match value {
-            toml::Value::Float(f) => Ok(*f as f32),
-            toml::Value::Integer(i) => Ok(*i as f32),
-            _ => Err(wrong_type(path, &full, "a number", value)),
-        };
-        let count = || match value {
-            toml::Value::Integer(i) => u64::try_from(*i).map_err(|_| invalid("must not be negative".into())),
-            _ => Err(wrong_type(path, &full, "an integer", value)),
-        };
-        match key.replace('-', "_").as_str() {
-            "similarity_threshold" => {
-                let t = number()?;
-                validate::threshold("similarity_threshold", t).map_err(|e| invalid(e.reason().to_string()))?;
-                update.similarity_threshold = Some(t);
-            }
-            "threshold_floor" => {
-                let f = number()?;
-                validate::floor(f).map_err(|e| invalid(e.reason().to_string()))?;
-                update.threshold_floor = Some(f);
-            }
-            "ttl_seconds" => update.ttl_seconds = Some(count()?),
-            "max_entries" => update.max_entries = Some(count()?),
-            "hit_guards" => match value {
-                toml::Value::Boolean(b) => update.hit_guards = Some(*b),
-                _ => return Err(wrong_type(path, &full, Kind::Bool.expected(), value)),
-            },
-            _ => {
-                let hint = if value.is_table() {
-                    format!(" (a namespace name with '.' must be quoted: [namespaces.\"{name}.{key}\"])")
-                } else {
-                    suggest(key, NAMESPACE_KEYS)
-                };
-                return Err(ConfigError::UnknownKey {
-                    path: path.to_path_buf(),
-                    key: full,
-                    hint,
-                    known: NAMESPACE_KEYS.iter().map(|k| k.to_string()).collect(),
-                });
-            }
+/// The config file's text, to say where a refusal points and quote what it refuses.
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn place(&self, span: Option<Range<usize>>) -> Place {
+        Place { path: self.path.to_path_buf(), line_column: span.map(|s| line_column(self.text, s.start)) }
+    }
+
+    /// What the file says at `span`, as written.
+    fn quote(&self, span: Range<usize>) -> String {
+        self.text.get(span).unwrap_or_default().to_string()
+    }
+
+    fn syntax(&self, e: &toml::de::Error) -> ConfigError {
+        let (line, column) = line_column(self.text, e.span().map_or(0, |s| s.start));
+        ConfigError::Syntax { path: self.path.to_path_buf(), line, column, message: e.message().trim().to_string() }
+    }
+
+    fn wrong_type(&self, span: Range<usize>, key: String, kind: Kind, found: &'static str) -> ConfigError {
+        ConfigError::WrongType { at: self.place(Some(span)), key, expected: kind.expected(), found }
+    }
+
+    /// The value at `span` refused.
+    fn invalid(&self, span: Range<usize>, key: String, reason: impl Into<String>) -> ConfigError {
+        ConfigError::InvalidValue {
+            at: self.place(Some(span.clone())),
+            key,
+            value: self.quote(span),
+            reason: reason.into(),
         }
     }
-    if let (Some(t), Some(f)) = (update.similarity_threshold, update.threshold_floor) {
-        if t < f {
+
+    /// What serde refused, said again from what the file holds where the refusal points and
+    /// what the struct there expects; serde's message is shown only where neither explains it.
+    fn refusal(&self, tree: &DeTable<'_>, e: &toml::de::Error) -> ConfigError {
+        let span = e.span().unwrap_or_default();
+        let at = self.place(e.span());
+        let Some((path, value)) = locate(tree, &span) else {
+            return ConfigError::Refused { at, key: "(the whole file)".into(), reason: e.message().to_string() };
+        };
+        let key = path.iter().map(|k| toml_key(k)).collect::<Vec<_>>().join(".");
+        let (name, parent) = path.split_last().expect("a located key");
+        if let Some(known) = keys_of(parent).filter(|known| field(known, name).is_none()) {
+            let hint = match parent {
+                [ns, table] if ns == "namespaces" && value.get_ref().is_table() => {
+                    format!(
+                        " (a namespace name with '.' must be quoted: [namespaces.{}])",
+                        toml_key(&format!("{table}.{name}"))
+                    )
+                }
+                _ => suggest(name, known.iter().map(|k| k.name)),
+            };
+            return ConfigError::UnknownKey {
+                at,
+                key,
+                hint,
+                known: known.iter().map(|k| k.name.to_string()).collect(),
+            };
+        }
+        let found = innermost(value, &span);
+        let kind = match parent {
+            [map] if map == "namespaces" || map == "tokens" => Some(Kind::Table),
+            _ => keys_of(parent).and_then(|known| field(known, name)).map(|k| k.kind),
+        };
+        match (kind, found.get_ref()) {
+            (Some(kind), v) if !kind.fits(v) => self.wrong_type(found.span(), key, kind, v.type_str()),
+            // Of an integer of the right kind, only the range can be wrong.
+            (Some(_), DeValue::Integer(_)) => {
+                let negative = self.quote(found.span()).starts_with('-');
+                self.invalid(found.span(), key, if negative { "must not be negative" } else { "is too large" })
+            }
+            (Some(_), DeValue::Table(table)) => self.table_refusal(&path, key, table, at, e),
+            _ => self.invalid(found.span(), key, e.message().trim()),
+        }
+    }
+
+    /// serde's refusal of a table of the right type: a key set twice, or one left out.
+    fn table_refusal(
+        &self,
+        path: &[String],
+        key: String,
+        table: &DeTable<'_>,
+        at: Place,
+        e: &toml::de::Error,
+    ) -> ConfigError {
+        let mut keys: Vec<_> = table.iter().collect();
+        keys.sort_by_key(|(k, _)| k.span().start);
+        for (i, (first, _)) in keys.iter().enumerate() {
+            let name = snake(first.get_ref());
+            if let Some((second, value)) = keys[i + 1..].iter().find(|(k, _)| snake(k.get_ref()) == name) {
+                let reason = format!("{name} is set twice (as `{}` and `{}`)", first.get_ref(), second.get_ref());
+                return self.invalid(value.span(), format!("{key}.{name}"), reason);
+            }
+        }
+        let missing = keys_of(path)
+            .into_iter()
+            .flatten()
+            .find(|k| k.required.is_some() && !keys.iter().any(|(n, _)| snake(n.get_ref()) == k.name));
+        match missing {
+            Some(k) => ConfigError::InvalidValue {
+                at,
+                key: format!("{key}.{}", k.name),
+                value: "(missing)".into(),
+                reason: format!("is required: {}", k.required.unwrap_or_default()),
+            },
+            None => ConfigError::Refused { at, key, reason: e.message().trim().to_string() },
+        }
+    }
+
+    fn unknown_server_key(&self, cmd: &clap::Command, key: &Spanned<String>) -> ConfigError {
+        let known: Vec<String> =
+            cmd.get_arguments().filter(|a| file_settable(a)).map(|a| a.get_id().to_string()).collect();
+        let hint = match snake(key.get_ref()).as_str() {
+            "config" | "print_config" => " (only a flag or environment variable can set it)".to_string(),
+            _ => suggest(key.get_ref(), known.iter().map(String::as_str)),
+        };
+        ConfigError::UnknownKey {
+            at: self.place(Some(key.span())),
+            key: format!("server.{}", toml_key(key.get_ref())),
+            hint,
+            known,
+        }
+    }
+
+    fn namespace(&self, name: &Spanned<String>, table: &NamespaceTable) -> Result<NamespaceUpdate, ConfigError> {
+        validate::namespace(name.get_ref()).map_err(|e| ConfigError::Namespace {
+            at: self.place(Some(name.span())),
+            name: name.get_ref().clone(),
+            reason: e.detail(),
+        })?;
+        let key = |field: &str| format!("namespaces.{}.{field}", toml_key(name.get_ref()));
+        let invalid =
+            |value: &Spanned<f32>, e: validate::ValidationError| self.invalid(value.span(), key(e.field), e.reason());
+        let (threshold, floor) = (table.similarity_threshold.as_ref(), table.threshold_floor.as_ref());
+        if let Some(t) = threshold {
+            validate::threshold("similarity_threshold", *t.get_ref()).map_err(|e| invalid(t, e))?;
+        }
+        if let Some(f) = floor {
+            validate::floor(*f.get_ref()).map_err(|e| invalid(f, e))?;
+        }
+        if let (Some(t), Some(f)) = (threshold, floor) {
+            validate::threshold_above_floor(name.get_ref(), *t.get_ref(), *f.get_ref(), false).map_err(|e| {
+                let value = if e.field == "threshold_floor" { f } else { t };
+                // The problem alone: the rule's advice is for a ConfigureNamespace call.
+                ConfigError::Refused { at: self.place(Some(value.span())), key: key(e.field), reason: e.problem }
+            })?;
+        }
+        Ok(NamespaceUpdate {
+            name: name.get_ref().clone(),
+            similarity_threshold: threshold.map(|t| *t.get_ref()),
+            ttl_seconds: table.ttl_seconds,
+            max_entries: table.max_entries,
+            threshold_floor: floor.map(|f| *f.get_ref()),
+            hit_guards: table.hit_guards,
+        })
+    }
+
+    fn tokens(&self, tables: &BTreeMap<Spanned<String>, Spanned<TokenTable>>) -> Result<Vec<TokenSpec>, ConfigError> {
+        let mut tokens: Vec<TokenSpec> = Vec::new();
+        for (name, table) in tables {
+            let token = self.token(name.get_ref(), table)?;
+            if let Some(twin) = tokens.iter().find(|t| t.sha256 == token.sha256) {
+                return Err(self.invalid(
+                    table.get_ref().sha256.span(),
+                    format!("tokens.{}.sha256", toml_key(&token.name)),
+                    format!("is also the digest of tokens.{}; each token must be distinct", toml_key(&twin.name)),
+                ));
+            }
+            tokens.push(token);
+        }
+        Ok(tokens)
+    }
+
+    fn token(&self, name: &str, table: &Spanned<TokenTable>) -> Result<TokenSpec, ConfigError> {
+        let key = |field: &str| format!("tokens.{}.{field}", toml_key(name));
+        let t = table.get_ref();
+        if !auth::is_digest(t.sha256.get_ref()) {
+            return Err(self.invalid(
+                t.sha256.span(),
+                key("sha256"),
+                "must be the token's SHA-256 as 64 lowercase hex digits (`semcache token` makes a token and its \
+                 digest; `printf %s \"$TOKEN\" | sha256sum` digests one you have)",
+            ));
+        }
+        let names = |field: &str, list: &[Spanned<String>]| -> Result<Vec<String>, ConfigError> {
+            list.iter()
+                .map(|n| {
+                    if n.get_ref() != "*" {
+                        validate::namespace(n.get_ref()).map_err(|e| {
+                            self.invalid(n.span(), key(field), format!("namespace name {}", e.detail()))
+                        })?;
+                    }
+                    Ok(n.get_ref().clone())
+                })
+                .collect()
+        };
+        let (read, write) = (names("read", &t.read)?, names("write", &t.write)?);
+        if read.is_empty() && write.is_empty() {
             return Err(ConfigError::InvalidValue {
-                path: path.to_path_buf(),
-                key: format!("namespaces.{}.similarity_threshold", toml_key(name)),
-                value: t.to_string(),
-                reason: format!("is below the namespace's threshold_floor {f}"),
+                at: self.place(Some(table.span())),
+                key: key("read"),
+                value: "(missing)".into(),
+                reason: "the token grants nothing: give `read` and/or `write` a list of namespaces (\"*\" = all)"
+                    .into(),
             });
         }
-    }
-    Ok(update)
-}
-
-fn token_spec(path: &std::path::Path, name: &str, value: &toml::Value) -> Result<TokenSpec, ConfigError> {
-    let at = |key: &str| format!("tokens.{}.{key}", toml_key(name));
-    let table =
-        value.as_table().ok_or_else(|| wrong_type(path, &format!("tokens.{}", toml_key(name)), "a table", value))?;
-    let invalid = |key: &str, value: &toml::Value, reason: String| ConfigError::InvalidValue {
-        path: path.to_path_buf(),
-        key: at(key),
-        value: value.to_string(),
-        reason,
-    };
-    let mut spec = TokenSpec {
-        name: name.to_string(),
-        sha256: String::new(),
-        read: Vec::new(),
-        write: Vec::new(),
-        requests_per_second: None,
-    };
-    for (key, value) in table {
-        match key.replace('-', "_").as_str() {
-            "sha256" => {
-                let digest = value.as_str().ok_or_else(|| wrong_type(path, &at(key), "a string", value))?;
-                if !auth::is_digest(digest) {
-                    return Err(invalid(
-                        key,
-                        value,
-                        "must be the token's SHA-256 as 64 lowercase hex digits (`semcache token` makes a token \
-                         and its digest; `printf %s \"$TOKEN\" | sha256sum` digests one you have)"
-                            .into(),
-                    ));
-                }
-                spec.sha256 = digest.to_string();
-            }
-            right @ ("read" | "write") => {
-                let list =
-                    value.as_array().ok_or_else(|| wrong_type(path, &at(key), "an array of namespace names", value))?;
-                let mut names = Vec::new();
-                for item in list {
-                    let n = item
-                        .as_str()
-                        .ok_or_else(|| wrong_type(path, &at(key), "an array of namespace names", value))?;
-                    if n != "*" {
-                        validate::namespace(n)
-                            .map_err(|e| invalid(key, item, format!("namespace name {}", e.detail())))?;
-                    }
-                    names.push(n.to_string());
-                }
-                if right == "read" {
-                    spec.read = names;
-                } else {
-                    spec.write = names;
-                }
-            }
-            "requests_per_second" => {
-                let n = value.as_integer().ok_or_else(|| wrong_type(path, &at(key), "an integer", value))?;
-                let n = u32::try_from(n).ok().and_then(std::num::NonZeroU32::new).ok_or_else(|| {
-                    invalid(key, value, "must be a whole number from 1 up (omit it for no limit)".into())
-                })?;
-                spec.requests_per_second = Some(n);
-            }
-            _ => {
-                return Err(ConfigError::UnknownKey {
-                    path: path.to_path_buf(),
-                    key: at(key),
-                    hint: suggest(key, TOKEN_KEYS),
-                    known: TOKEN_KEYS.iter().map(|k| k.to_string()).collect(),
+        let requests_per_second = t
+            .requests_per_second
+            .as_ref()
+            .map(|n| {
+                u32::try_from(*n.get_ref()).ok().and_then(NonZeroU32::new).ok_or_else(|| {
+                    self.invalid(
+                        n.span(),
+                        key("requests_per_second"),
+                        "must be a whole number from 1 up (omit it for no limit)",
+                    )
                 })
-            }
+            })
+            .transpose()?;
+        Ok(TokenSpec { name: name.to_string(), sha256: t.sha256.get_ref().clone(), read, write, requests_per_second })
+    }
+}
+
+/// The fields of the struct that serde reads the table at `path` into (`[]`: the top level).
+fn keys_of(path: &[String]) -> Option<&'static [Key]> {
+    match path {
+        [] => Some(&SECTIONS),
+        [map, _] if map == "namespaces" => Some(&NAMESPACE_KEYS),
+        [map, _] if map == "tokens" => Some(&TOKEN_KEYS),
+        _ => None,
+    }
+}
+
+/// `name`'s field, in either spelling.
+fn field<'k>(known: &'k [Key], name: &str) -> Option<&'k Key> {
+    let name = snake(name);
+    known.iter().find(|k| k.name == name)
+}
+
+fn snake(key: &str) -> String {
+    key.replace('-', "_")
+}
+
+/// The key path in `table` to what `span` points at, and the value there: the innermost key
+/// whose name or value holds the span.
+fn locate<'t, 'i>(table: &'t DeTable<'i>, span: &Range<usize>) -> Option<(Vec<String>, &'t Spanned<DeValue<'i>>)> {
+    table.iter().find_map(|(key, value)| {
+        if within(span, &key.span()) {
+            return Some((vec![key.get_ref().to_string()], value));
         }
-    }
-    if spec.sha256.is_empty() {
-        return Err(ConfigError::InvalidValue {
-            path: path.to_path_buf(),
-            key: at("sha256"),
-            value: "(missing)".into(),
-            reason: "is required: the SHA-256 of the token (`semcache token` makes one)".into(),
-        });
-    }
-    if spec.read.is_empty() && spec.write.is_empty() {
-        return Err(ConfigError::InvalidValue {
-            path: path.to_path_buf(),
-            key: at("read"),
-            value: "(missing)".into(),
-            reason: "the token grants nothing: give `read` and/or `write` a list of namespaces (\"*\" = all)".into(),
-        });
-    }
-    Ok(spec)
+        // A table's own span is only its header, or the key for one that a dotted key or header
+        // makes, so what it holds is searched first.
+        if let Some((mut path, found)) = value.get_ref().as_table().and_then(|t| locate(t, span)) {
+            path.insert(0, key.get_ref().to_string());
+            return Some((path, found));
+        }
+        within(span, &value.span()).then(|| (vec![key.get_ref().to_string()], value))
+    })
 }
 
-/// A namespace name as a TOML key.
+/// The item of an array at `span`, or `value` itself.
+fn innermost<'v, 'i>(value: &'v Spanned<DeValue<'i>>, span: &Range<usize>) -> &'v Spanned<DeValue<'i>> {
+    match value.get_ref() {
+        DeValue::Array(items) => {
+            items.iter().find(|i| within(span, &i.span())).map_or(value, |item| innermost(item, span))
+        }
+        _ => value,
+    }
+}
+
+fn within(inner: &Range<usize>, outer: &Range<usize>) -> bool {
+    outer.start <= inner.start && inner.end <= outer.end
+}
+
+/// A key as TOML writes it: bare where it can be, else quoted.
 fn toml_key(name: &str) -> String {
-    if name.contains('.') {
-        format!("{name:?}")
-    } else {
+    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         name.to_string()
+    } else {
+        toml::Value::String(name.to_string()).to_string()
     }
-}
-
-fn wrong_type(path: &std::path::Path, key: &str, expected: &'static str, value: &toml::Value) -> ConfigError {
-    ConfigError::WrongType { path: path.to_path_buf(), key: key.to_string(), expected, found: value.type_str() }
-}
-
-fn unknown_server_key(path: &std::path::Path, cmd: &clap::Command, key: &str) -> ConfigError {
-    let known: Vec<String> = cmd.get_arguments().filter(|a| file_settable(a)).map(|a| a.get_id().to_string()).collect();
-    let why = match key.replace('-', "_").as_str() {
-        "config" | "print_config" => " (only a flag or environment variable can set it)".to_string(),
-        _ => suggest(key, known.iter().map(String::as_str)),
-    };
-    ConfigError::UnknownKey { path: path.to_path_buf(), key: format!("server.{key}"), hint: why, known }
 }
 
 /// ` (did you mean KEY?)` for the known key closest to `key`, if one is close.
 fn suggest<'a>(key: &str, known: impl IntoIterator<Item = &'a str>) -> String {
-    let key = key.replace('-', "_");
+    let key = snake(key);
     known
         .into_iter()
         .map(|k| (strsim::levenshtein(&key, k), k))
@@ -567,12 +758,11 @@ fn suggest<'a>(key: &str, known: impl IntoIterator<Item = &'a str>) -> String {
         .unwrap_or_default()
 }
 
-fn syntax_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    let at = e.span().map_or(0, |s| s.start).min(text.len());
-    let before = &text[..text.floor_char_boundary(at)];
-    let line = before.matches('\n').count() + 1;
+/// Line and column, from 1, of byte `at` of `text`; the column counts characters.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..text.floor_char_boundary(at.min(text.len()))];
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    ConfigError::Syntax { path: path.to_path_buf(), line, column, message: e.message().trim().to_string() }
+    (before.matches('\n').count() + 1, column)
 }
 
 #[cfg(test)]
@@ -724,7 +914,10 @@ mod tests {
         let (_, m) = refusal("[server]\nmax_queue = -1");
         assert!(m.contains("server.max_queue: invalid value -1: must not be negative"), "{m}");
         let (_, m) = refusal("[server]\nmax_queue = 1\nmax-queue = 2");
-        assert!(m.contains("set twice"), "{m}");
+        assert!(
+            m.contains("server.max-queue: invalid value 2: max_queue is set twice (as `max_queue` and `max-queue`)"),
+            "{m}"
+        );
         let (_, m) = refusal("[namespaces.support]\nsimilarity_threshold = 1.5");
         assert!(
             m.contains("namespaces.support.similarity_threshold: invalid value 1.5: it must be a number in (0, 1]"),
@@ -735,7 +928,122 @@ mod tests {
         let (_, m) = refusal("[namespaces.support]\nmax_entries = -3");
         assert!(m.contains("namespaces.support.max_entries: invalid value -3: must not be negative"), "{m}");
         let (_, m) = refusal("[namespaces.support]\nsimilarity_threshold = 0.7\nthreshold_floor = 0.8");
-        assert!(m.contains("below the namespace's threshold_floor 0.8"), "{m}");
+        assert!(
+            m.contains(
+                "namespaces.support.similarity_threshold: 0.7 is below namespace \"support\"'s threshold_floor 0.8"
+            ),
+            "{m}"
+        );
+        let (_, m) = refusal("[namespaces.support]\nttl_seconds = 99999999999999999999");
+        assert!(m.contains("namespaces.support.ttl_seconds: invalid value 99999999999999999999: is too large"), "{m}");
+        let (_, m) = refusal("[namespaces.support]\nsimilarity_threshold = 0.9\nsimilarity-threshold = 0.8");
+        assert!(
+            m.contains("similarity_threshold: invalid value 0.8: similarity_threshold is set twice (as `similarity_threshold` and `similarity-threshold`)"),
+            "{m}"
+        );
+    }
+
+    /// Where `e` points: line and column.
+    fn line_column(e: &ConfigError) -> Option<(usize, usize)> {
+        match e {
+            ConfigError::UnknownKey { at, .. }
+            | ConfigError::WrongType { at, .. }
+            | ConfigError::InvalidValue { at, .. }
+            | ConfigError::Refused { at, .. }
+            | ConfigError::Namespace { at, .. } => at.line_column,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn refusals_give_the_line_and_column() {
+        let d = auth::hash_token("x");
+        for (text, says, at) in [
+            ("[server]\nmax_queue = \"x\"", "server.max_queue: expected", (2, 13)),
+            ("[server]\n\n  max_qeue = 1", "unknown key server.max_qeue", (3, 3)),
+            ("[server]\nmax_queue = -1", "server.max_queue: invalid value -1", (2, 13)),
+            ("[serer]", "unknown key serer", (1, 2)),
+            ("tokens = 5", "tokens: expected a table, found integer", (1, 10)),
+            ("[namespaces.support]\nttl = 5", "namespaces.support.ttl", (2, 1)),
+            ("[namespaces.support]\nttl_seconds = 1.5", "namespaces.support.ttl_seconds: expected", (2, 15)),
+            ("[namespaces.support]\nmax-entries = -3", "namespaces.support.max-entries: invalid value -3", (2, 15)),
+            ("[namespaces.support]\nsimilarity_threshold = 1.5", "similarity_threshold: invalid value 1.5", (2, 24)),
+            ("\n[namespaces.\"a b\"]", "namespace name \"a b\"", (2, 13)),
+            ("[namespaces.s]\nthreshold_floor = 0.9\nsimilarity_threshold = 0.5", "0.5 is below", (3, 24)),
+            ("[tokens.a]\nread = [\"*\"]", "tokens.a.sha256: invalid value (missing)", (1, 1)),
+            ("tokens.a.read = [\"*\"]", "tokens.a.sha256: invalid value (missing)", (1, 8)),
+            (&format!("[tokens.a]\nsha256 = \"{d}\"\nread = [\"ok\", 5]"), "tokens.a.read: expected", (3, 15)),
+            (&format!("[tokens.a]\nsha256 = \"{d}\"\nread = [\"ok\", \"n/a\"]"), "\"n/a\": namespace name", (3, 15)),
+            (&format!("[tokens.a]\nsha256 = \"{d}\""), "the token grants nothing", (1, 1)),
+            (
+                &format!("[tokens.a]\nsha256 = \"{d}\"\nread = [\"*\"]\n[tokens.b]\nsha256 = \"{d}\"\nread = [\"x\"]"),
+                "tokens.b.sha256",
+                (5, 10),
+            ),
+        ] {
+            let (e, m) = refusal(text);
+            assert!(m.contains(says), "{text:?}: {m}");
+            assert_eq!(line_column(&e), Some(at), "{text:?}: {m}");
+            assert!(m.contains(&format!(".toml:{}:{}: ", at.0, at.1)), "{text:?}: {m}");
+        }
+    }
+
+    /// The fields that serde's derive reads into `T`, aliases included.
+    fn serde_fields<T: for<'de> Deserialize<'de>>() -> Vec<String> {
+        struct Record(Option<&'static [&'static str]>);
+        impl<'de> serde::Deserializer<'de> for &mut Record {
+            type Error = serde::de::value::Error;
+            fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+                Err(serde::de::Error::custom("not a struct"))
+            }
+            fn deserialize_struct<V: serde::de::Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                self.0 = Some(fields);
+                Err(serde::de::Error::custom("recorded"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+                unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+            }
+        }
+        let mut record = Record(None);
+        assert!(T::deserialize(&mut record).is_err());
+        record.0.expect("a struct").iter().map(|f| f.to_string()).collect()
+    }
+
+    #[test]
+    fn the_key_lists_are_the_structs_fields() {
+        for (fields, keys) in [
+            (serde_fields::<Document>(), &SECTIONS[..]),
+            (serde_fields::<NamespaceTable>(), &NAMESPACE_KEYS[..]),
+            (serde_fields::<TokenTable>(), &TOKEN_KEYS[..]),
+        ] {
+            let mut spelt: Vec<String> = fields.iter().map(|f| snake(f)).collect();
+            spelt.sort();
+            spelt.dedup();
+            let mut names: Vec<String> = keys.iter().map(|k| k.name.to_string()).collect();
+            names.sort();
+            assert_eq!(spelt, names);
+            for k in keys.iter().filter(|k| k.name.contains('_')) {
+                assert!(fields.contains(&k.name.replace('_', "-")), "{} has no '-' spelling", k.name);
+            }
+        }
+    }
+
+    #[test]
+    fn names_that_are_not_bare_keys_are_quoted() {
+        assert_eq!(toml_key("support_v2-en"), "support_v2-en");
+        assert_eq!(toml_key("faq.v2"), "\"faq.v2\"");
+        assert_eq!(toml_key("my gateway"), "\"my gateway\"");
+        let d = auth::hash_token("x");
+        let r = resolve_with(&format!("[tokens.\"my gateway\"]\nsha256 = \"{d}\"\nread = [\"*\"]"), &[]).unwrap();
+        let toml = r.to_toml();
+        assert!(toml.contains("[tokens.\"my gateway\"]"), "{toml}");
+        assert_eq!(resolve_with(&toml, &[]).unwrap().args.tokens, r.args.tokens);
     }
 
     #[test]
