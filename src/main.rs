@@ -197,7 +197,7 @@ impl eval::Progress for EvalProgress {
 
 /// Loads the pairs and runs them through the server in a scratch namespace.
 async fn evaluate(args: &PairsArgs) -> anyhow::Result<(String, eval::RunResult)> {
-    let mut pairs = eval::load(&args.pairs, args.format)?;
+    let mut pairs = eval::read_pairs(&args.pairs, args.format)?;
     if args.limit > 0 && args.limit < pairs.len() {
         pairs = eval::sample(pairs, args.limit, args.seed);
     }

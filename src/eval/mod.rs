@@ -14,7 +14,7 @@ pub mod plot;
 pub mod run;
 pub mod score;
 
-pub use dataset::{load, sample, Format, Pair, Position};
+pub use dataset::{read_pairs, sample, Format, Pair, Position};
 pub use run::{curves, render, run, Lookup, Progress, RunConfig, RunResult};
 pub use score::{
     at, best_recall_within_false_hits, curve, is_own, lowest_meeting_precision, thresholds, Match, Observation, Point,
