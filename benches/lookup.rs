@@ -8,8 +8,7 @@
 //!
 //! Not criterion: the targets are percentiles (p50) and ratios between figures of one run.
 
-use semcache::client::Client;
-use semcache::config::ClientArgs;
+use semcache::client::{self, Client, ClientArgs};
 use semcache::config::ServeArgs;
 use semcache::embed::{ModelInfo, SentenceModel};
 use semcache::index::{seeded_unit_vector, IndexParams, Partition};
@@ -86,7 +85,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let client = rt.block_on(async {
         for _ in 0..3000 {
-            if let Ok(mut c) = load::connect(&addr).await {
+            if let Ok(mut c) = client::connect(&addr).await {
                 let ok = c
                     .store(StoreRequest {
                         namespace: NAMESPACE.into(),

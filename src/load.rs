@@ -4,8 +4,7 @@
 //! throughput and latency percentiles. It is a plain client of the public API, so it measures
 //! what a gateway would see, network stack included.
 
-use crate::client::{self, Client, ConnectError};
-use crate::config::ClientArgs;
+use crate::client::{self, Client, ClientArgs, ClientError};
 use crate::proto::{DropNamespaceRequest, LookupRequest, StoreRequest};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -128,20 +127,8 @@ fn is_repeat(i: u64, ratio: f64) -> bool {
     ((i + 1) as f64 * ratio).floor() > (i as f64 * ratio).floor()
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    #[error("{0}")]
-    Rpc(#[from] tonic::Status),
-}
-
-pub async fn connect(server: &ClientArgs) -> Result<Client, LoadError> {
-    Ok(client::connect(server).await?)
-}
-
 /// Stores the queries that repeats will hit (the first `entries` questions).
-pub async fn seed(client: &mut Client, config: &LoadConfig) -> Result<(), LoadError> {
+pub async fn seed(client: &mut Client, config: &LoadConfig) -> Result<(), ClientError> {
     for n in 0..config.entries {
         client
             .store(StoreRequest {
@@ -155,7 +142,7 @@ pub async fn seed(client: &mut Client, config: &LoadConfig) -> Result<(), LoadEr
     Ok(())
 }
 
-pub async fn drop_namespace(client: &mut Client, namespace: &str) -> Result<u64, LoadError> {
+pub async fn drop_namespace(client: &mut Client, namespace: &str) -> Result<u64, ClientError> {
     Ok(client.drop_namespace(DropNamespaceRequest { name: namespace.into() }).await?.into_inner().deleted)
 }
 
@@ -166,10 +153,10 @@ pub async fn run(
     config: &LoadConfig,
     fresh: u64,
     progress: Arc<dyn Fn() + Send + Sync>,
-) -> Result<LoadReport, LoadError> {
+) -> Result<LoadReport, ClientError> {
     let mut clients = Vec::with_capacity(config.clients);
     for _ in 0..config.clients.max(1) {
-        clients.push(connect(server).await?);
+        clients.push(client::connect(server).await?);
     }
     let next = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));

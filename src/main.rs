@@ -151,7 +151,7 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         entries: args.entries,
         namespace: args.namespace.clone(),
     };
-    let mut client = load::connect(&args.server).await?;
+    let mut client = semcache::client::connect(&args.server).await?;
     println!(
         "{} clients, {} lookups ({:.0}% repeats of {} stored queries) against {}, namespace {:?}",
         config.clients,
@@ -257,7 +257,7 @@ async fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
 }
 
 async fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
-    let mut client = load::connect(&args.pairs.server).await?;
+    let mut client = semcache::client::connect(&args.pairs.server).await?;
     let namespace = client.get_namespace(semcache::proto::GetNamespaceRequest { name: args.namespace.clone() }).await;
     let (guards, floor) = match namespace {
         Ok(ns) => (ns.get_ref().hit_guards, ns.get_ref().threshold_floor),

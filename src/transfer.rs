@@ -4,9 +4,7 @@
 //! lands durably with its namespace's capacity and TTL rules; export streams the Export RPC.
 //! The line format is the same both ways, so an export imports as is.
 
-use crate::client::Client;
-use crate::config::ClientArgs;
-use crate::load::{self, LoadError};
+use crate::client::{self, Client, ClientArgs, ClientError};
 use crate::proto::{ExportRequest, StatsRequest, StoreRequest, Usage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -61,12 +59,12 @@ pub enum TransferError {
     #[error("{path}:{line}: {reason}")]
     Line { path: String, line: u64, reason: String },
     #[error(transparent)]
-    Server(#[from] LoadError),
+    Client(#[from] ClientError),
 }
 
 impl From<tonic::Status> for TransferError {
     fn from(status: tonic::Status) -> Self {
-        Self::Server(status.into())
+        Self::Client(status.into())
     }
 }
 
@@ -132,7 +130,7 @@ pub async fn import(
     config: &ImportConfig,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<ImportReport, TransferError> {
-    let client = load::connect(server).await?;
+    let client = client::connect(server).await?;
     let started = Instant::now();
     let (tx, rx) = tokio::sync::mpsc::channel::<(u64, StoreRequest)>(READ_AHEAD);
     let namespace = config.namespace.clone();
@@ -211,7 +209,7 @@ async fn store(client: &mut Client, req: StoreRequest) -> Result<(), tonic::Stat
 
 /// Entries the server holds for an export of `namespace` ("" = all), for a progress bar.
 pub async fn count(server: &ClientArgs, namespace: &str) -> Result<u64, TransferError> {
-    let mut client = load::connect(server).await?;
+    let mut client = client::connect(server).await?;
     Ok(client.stats(StatsRequest { namespace: namespace.to_owned() }).await?.into_inner().entries)
 }
 
@@ -222,7 +220,7 @@ pub async fn export(
     out: &mut (dyn Write + Send),
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<u64, TransferError> {
-    let mut client = load::connect(server).await?;
+    let mut client = client::connect(server).await?;
     let mut stream = client.export(ExportRequest { namespace: namespace.to_owned() }).await?.into_inner();
     let io = |source| TransferError::Io { path: "output".into(), source };
     let mut written = 0;

@@ -8,6 +8,7 @@ mod file;
 pub use file::{resolve, serve_args, ConfigError, Resolved};
 
 use crate::cache::{Limits, NamespaceUpdate};
+use crate::client::ClientArgs;
 use crate::grpc::auth::TokenSpec;
 use clap::{Args, ValueEnum};
 use std::{net::SocketAddr, path::PathBuf};
@@ -216,38 +217,6 @@ impl ServeArgs {
             max_namespaces: self.max_namespaces,
             cache_incomplete: self.cache_incomplete,
         }
-    }
-}
-
-/// How the client commands (bench, eval, calibrate, import, export) reach a server.
-#[derive(Debug, Clone, Args)]
-pub struct ClientArgs {
-    /// The server, as a URL (`https://` for TLS).
-    #[arg(long, env = "SEMCACHE_ADDR", default_value = "http://127.0.0.1:50051")]
-    pub addr: String,
-
-    /// Bearer token, for a server that requires one.
-    #[arg(long, env = "SEMCACHE_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-
-    /// PEM CA certificate that the server's certificate chains to (default: the public web
-    /// roots). For `https://` addresses.
-    #[arg(long, env = "SEMCACHE_TLS_CA", value_name = "PEM")]
-    pub tls_ca: Option<PathBuf>,
-
-    /// PEM client certificate, for a server that requires mutual TLS (with --tls-client-key).
-    #[arg(long, env = "SEMCACHE_TLS_CLIENT_CERT", value_name = "PEM", requires = "tls_client_key")]
-    pub tls_client_cert: Option<PathBuf>,
-
-    /// PEM private key of --tls-client-cert.
-    #[arg(long, env = "SEMCACHE_TLS_CLIENT_KEY", value_name = "PEM", requires = "tls_client_cert")]
-    pub tls_client_key: Option<PathBuf>,
-}
-
-impl ClientArgs {
-    /// A plaintext connection without a token.
-    pub fn plain(addr: impl Into<String>) -> Self {
-        Self { addr: addr.into(), token: None, tls_ca: None, tls_client_cert: None, tls_client_key: None }
     }
 }
 

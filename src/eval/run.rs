@@ -10,9 +10,7 @@
 use super::dataset::Pair;
 use super::score::{Match, Observation};
 use super::EvalError;
-use crate::client::Client;
-use crate::config::ClientArgs;
-use crate::load;
+use crate::client::{self, Client, ClientArgs};
 use crate::proto::{
     ConfigureNamespaceRequest, DropNamespaceRequest, GetNamespaceRequest, LookupRequest, LookupResponse, StoreRequest,
 };
@@ -118,7 +116,7 @@ pub async fn run(
     config: &RunConfig,
     progress: Arc<dyn Progress>,
 ) -> Result<RunResult, EvalError> {
-    let mut client = load::connect(server).await?;
+    let mut client = client::connect(server).await?;
     let ns = config.namespace.clone();
     match client.get_namespace(GetNamespaceRequest { name: ns.clone() }).await {
         Err(status) if status.code() == Code::NotFound => {}
