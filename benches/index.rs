@@ -18,7 +18,7 @@
 use rayon::prelude::*;
 use semcache::embed::{ModelInfo, SentenceModel};
 use semcache::index::{checkpoint, dot, seeded_unit_vector, IndexParams, Partition};
-use semcache::load::Latencies;
+use semcache::loadgen::Latencies;
 use semcache::store::keys;
 use std::collections::HashSet;
 use std::path::PathBuf;

@@ -8,7 +8,7 @@ use semcache::config::{
 };
 use semcache::embed::{check_model_dir, device, ModelInfo, SentenceModel};
 use semcache::eval;
-use semcache::load::{self, LoadConfig};
+use semcache::loadgen::{self, LoadConfig};
 use semcache::store::Store;
 use semcache::transfer;
 use std::process::ExitCode;
@@ -161,18 +161,18 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         args.server.addr,
         config.namespace
     );
-    load::seed(&mut client, &config).await?;
+    loadgen::seed(&mut client, &config).await?;
     let bar = ProgressBar::new(config.requests).with_style(
         ProgressStyle::with_template("[{bar:40}] {pos}/{len} lookups, {per_sec}, eta {eta}")?.progress_chars("=> "),
     );
     let progress_bar = bar.clone();
     // New questions start past the stored ones and, very likely, past earlier runs' questions.
     let fresh = 6_400 * (1 + (semcache::clock::now_unix_ms() as u64 / 1_000) % 100_000);
-    let report = load::run(&args.server, &config, fresh, std::sync::Arc::new(move || progress_bar.inc(1))).await?;
+    let report = loadgen::run(&args.server, &config, fresh, std::sync::Arc::new(move || progress_bar.inc(1))).await?;
     bar.finish_and_clear();
-    println!("{}", load::render(&report));
+    println!("{}", loadgen::render(&report));
     if !args.keep {
-        load::drop_namespace(&mut client, &config.namespace).await?;
+        loadgen::drop_namespace(&mut client, &config.namespace).await?;
     }
     Ok(())
 }
