@@ -161,7 +161,7 @@ fn main() {
     let semantic = time_each(samples, || assert!(lookup(&rt, &client, PARAPHRASE)));
     let exact = time_each(samples * 10, || assert!(lookup(&rt, &client, STORED)));
 
-    let report = rt.block_on(loadgen::run(&addr, &config, fresh + 10_000, Arc::new(|| {}))).expect("throughput run");
+    let report = rt.block_on(loadgen::run(&addr, &config, fresh + 10_000, &|| {})).expect("throughput run");
     assert_eq!(report.refused, 0, "the default queue must absorb 32 clients");
 
     println!("\nlookup over loopback gRPC, {threads} model threads; latency in ms ({samples} requests each)");

@@ -165,10 +165,9 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let bar = ProgressBar::new(config.requests).with_style(
         ProgressStyle::with_template("[{bar:40}] {pos}/{len} lookups, {per_sec}, eta {eta}")?.progress_chars("=> "),
     );
-    let progress_bar = bar.clone();
     // New questions start past the stored ones and, very likely, past earlier runs' questions.
     let fresh = 6_400 * (1 + (semcache::clock::now_unix_ms() as u64 / 1_000) % 100_000);
-    let report = loadgen::run(&args.server, &config, fresh, std::sync::Arc::new(move || progress_bar.inc(1))).await?;
+    let report = loadgen::run(&args.server, &config, fresh, &|| bar.inc(1)).await?;
     bar.finish_and_clear();
     println!("{}", loadgen::render(&report));
     if !args.keep {
@@ -219,12 +218,12 @@ async fn evaluate(args: &PairsArgs) -> anyhow::Result<(String, eval::RunResult)>
     };
     let lookups = pairs.len() as u64;
     let distinct = pairs.iter().map(|p| semcache::text::normalize(&p.a)).collect::<std::collections::HashSet<_>>();
-    let progress = std::sync::Arc::new(EvalProgress {
+    let progress = EvalProgress {
         stores: ProgressBar::new(distinct.len() as u64).with_style(style("storing")?),
         lookups: ProgressBar::new(lookups).with_style(style("looking up")?),
-    });
+    };
     let started = std::time::Instant::now();
-    let result = eval::run(&args.server, pairs, &config, progress.clone()).await?;
+    let result = eval::run(&args.server, pairs, &config, &progress).await?;
     progress.lookups.finish_and_clear();
     println!(
         "{name}: stored {} distinct queries and looked up {lookups} in {:.1} s{}",
@@ -328,16 +327,8 @@ async fn run_import(args: ImportArgs) -> anyhow::Result<()> {
     .with_style(
         ProgressStyle::with_template("[{bar:40}] {pos}/{len} lines, {per_sec}, eta {eta}")?.progress_chars("=> "),
     );
-    let progress_bar = bar.clone();
     let config = transfer::ImportConfig { clients: args.clients, namespace: args.namespace.clone() };
-    let report = transfer::import(
-        &args.server,
-        &path,
-        reader,
-        &config,
-        std::sync::Arc::new(move |n| progress_bar.set_position(n)),
-    )
-    .await;
+    let report = transfer::import(&args.server, &path, reader, &config, &|n| bar.set_position(n)).await;
     bar.finish_and_clear();
     let report = report?;
     println!(
