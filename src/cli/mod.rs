@@ -7,8 +7,10 @@ mod calibrate;
 mod eval;
 mod export;
 mod import;
+mod lookup;
 mod reembed;
 mod serve;
+mod store;
 mod token;
 mod values;
 
@@ -49,6 +51,11 @@ enum Command {
     /// Make a bearer token and print it with the `[tokens.NAME]` table that grants it (the
     /// server's config file keeps only the token's digest).
     Token(token::TokenArgs),
+    /// Look a query up on a running server: hit or miss (and why), the similarity, the
+    /// threshold, and the entry served. Exits 0 on a hit and on a miss.
+    Lookup(lookup::LookupArgs),
+    /// Store one query and its response through a running server and print the new entry's id.
+    Store(store::StoreArgs),
 }
 
 /// Runs the command line that `matches` holds (parsed from [`Cli`]).
@@ -111,5 +118,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Import(args) => import::run(args).await,
         Command::Export(args) => export::run(args).await,
         Command::Token(args) => token::run(args),
+        Command::Lookup(args) => lookup::run(args).await,
+        Command::Store(args) => store::run(args).await,
     }
 }
