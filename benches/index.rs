@@ -18,7 +18,7 @@
 use rayon::prelude::*;
 use semcache::embed::{ModelInfo, SentenceModel};
 use semcache::index::{checkpoint, dot, IndexParams, Partition};
-use semcache::load::Latencies;
+use semcache::loadgen::Latencies;
 use semcache::store::keys;
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -106,7 +106,8 @@ fn main() {
                 near_query(10_000_000 + i, &vectors[target as usize])
             })
             .collect();
-        let random: Vec<Vec<f32>> = (0..QUERIES as u64).map(|i| semcache::rng::unit_vector(20_000_000 + i, DIM)).collect();
+        let random: Vec<Vec<f32>> =
+            (0..QUERIES as u64).map(|i| semcache::rng::unit_vector(20_000_000 + i, DIM)).collect();
         report(n, &p, &vectors, &[("near", &near), ("random", &random)]);
     }
     if let Some(pairs) = std::env::var_os("SEMCACHE_INDEX_PAIRS") {

@@ -8,12 +8,11 @@
 //!
 //! Not criterion: the targets are percentiles (p50) and ratios between figures of one run.
 
-use semcache::client::Client;
-use semcache::config::ClientArgs;
+use semcache::client::{self, Client, ClientArgs};
 use semcache::config::ServeArgs;
 use semcache::embed::{ModelInfo, SentenceModel};
 use semcache::index::{IndexParams, Partition};
-use semcache::load::{self, Latencies, LoadConfig};
+use semcache::loadgen::{self, Latencies, LoadConfig};
 use semcache::proto::{LookupRequest, StoreRequest};
 use semcache::store::keys;
 use std::path::PathBuf;
@@ -86,7 +85,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let client = rt.block_on(async {
         for _ in 0..3000 {
-            if let Ok(mut c) = load::connect(&addr).await {
+            if let Ok(mut c) = client::connect(&addr).await {
                 let ok = c
                     .store(StoreRequest {
                         namespace: NAMESPACE.into(),
@@ -105,7 +104,7 @@ fn main() {
     });
     let config =
         LoadConfig { clients: 32, requests: load_requests, hit_ratio: 0.0, entries: 100, namespace: NAMESPACE.into() };
-    rt.block_on(load::seed(&mut client.clone(), &config)).expect("seed");
+    rt.block_on(loadgen::seed(&mut client.clone(), &config)).expect("seed");
     assert!(lookup(&rt, &client, PARAPHRASE), "the paraphrase must hit at the default threshold");
     assert!(!lookup(&rt, &client, MISS), "the miss query must miss");
 
@@ -151,7 +150,7 @@ fn main() {
     });
     // The same kind of questions the throughput run sends, 32 at a time.
     let fresh = 1_000_000;
-    let questions: Vec<String> = (0..32).map(|i| load::question(fresh + i)).collect();
+    let questions: Vec<String> = (0..32).map(|i| loadgen::question(fresh + i)).collect();
     let batch: Vec<&str> = questions.iter().map(String::as_str).collect();
     let batch32 = time_each(20, || {
         pool.install(|| model.embed(&batch).expect("embed"));
@@ -162,7 +161,7 @@ fn main() {
     let semantic = time_each(samples, || assert!(lookup(&rt, &client, PARAPHRASE)));
     let exact = time_each(samples * 10, || assert!(lookup(&rt, &client, STORED)));
 
-    let report = rt.block_on(load::run(&addr, &config, fresh + 10_000, Arc::new(|| {}))).expect("throughput run");
+    let report = rt.block_on(loadgen::run(&addr, &config, fresh + 10_000, &|| {})).expect("throughput run");
     assert_eq!(report.refused, 0, "the default queue must absorb 32 clients");
 
     println!("\nlookup over loopback gRPC, {threads} model threads; latency in ms ({samples} requests each)");

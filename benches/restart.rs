@@ -11,9 +11,9 @@ use semcache::cache::{Cache, Defaults, Settings};
 use semcache::clock::{now_unix_ms, SystemClock};
 use semcache::embed::{BatchConfig, DeviceKind, Embedder, ModelInfo};
 use semcache::rng::unit_vector;
-use std::sync::Arc;
 use semcache::store::{keys, CatalogRecord, EntryRecord, NamespaceRecord, Store};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 fn rss_mib() -> f64 {
@@ -71,10 +71,8 @@ fn open(dir: &Path, model: &Path, info: &ModelInfo) -> (Cache, f64) {
     let (embedder, _ready) =
         Embedder::spawn(model, info.clone(), DeviceKind::Cpu, BatchConfig::default(), Box::new(|_| {}));
     let started = Instant::now();
-    let settings = Settings {
-        defaults: Defaults { similarity_threshold: 0.85, ..Defaults::default() },
-        ..Settings::default()
-    };
+    let settings =
+        Settings { defaults: Defaults { similarity_threshold: 0.85, ..Defaults::default() }, ..Settings::default() };
     let cache = Cache::open(Store::open(dir).unwrap(), Arc::new(embedder), settings, Arc::new(SystemClock)).unwrap();
     (cache, started.elapsed().as_secs_f64())
 }

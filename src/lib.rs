@@ -4,6 +4,11 @@
 //! validation, scope, threshold, TTL) -> [`embed`] (the sentence model on its own thread),
 //! [`index`] (HNSW graphs per namespace and scope, derived data) and [`store`] (RocksDB, the
 //! source of truth). [`server`] wires them together for `semcache serve`.
+//!
+//! The CLI's client tools, [`eval`] (pair sets, scoring), [`loadgen`] (`semcache bench`) and
+//! [`transfer`] (import, export), are plain clients of the public API: they reach a server
+//! through [`client`] and [`proto`], and share only leaf modules ([`text`], [`clock`], [`rng`])
+//! with the server's side, so that they measure what any gateway would see.
 
 pub mod cache;
 pub mod client;
@@ -13,7 +18,7 @@ pub mod embed;
 pub mod eval;
 pub mod grpc;
 pub mod index;
-pub mod load;
+pub mod loadgen;
 pub mod metrics;
 pub mod rng;
 pub mod server;

@@ -4,15 +4,12 @@
 //! lands durably with its namespace's capacity and TTL rules; export streams the Export RPC.
 //! The line format is the same both ways, so an export imports as is.
 
-use crate::client::Client;
-use crate::config::ClientArgs;
-use crate::load::{self, LoadError};
+use crate::client::{self, Client, ClientArgs, ClientError};
 use crate::proto::{ExportRequest, StatsRequest, StoreRequest, Usage};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::Code;
 
@@ -61,12 +58,12 @@ pub enum TransferError {
     #[error("{path}:{line}: {reason}")]
     Line { path: String, line: u64, reason: String },
     #[error(transparent)]
-    Server(#[from] LoadError),
+    Client(#[from] ClientError),
 }
 
 impl From<tonic::Status> for TransferError {
     fn from(status: tonic::Status) -> Self {
-        Self::Server(status.into())
+        Self::Client(status.into())
     }
 }
 
@@ -130,9 +127,9 @@ pub async fn import(
     path: &str,
     reader: impl BufRead + Send + 'static,
     config: &ImportConfig,
-    progress: Arc<dyn Fn(u64) + Send + Sync>,
+    progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<ImportReport, TransferError> {
-    let client = load::connect(server).await?;
+    let client = client::connect(server).await?;
     let started = Instant::now();
     let (tx, rx) = tokio::sync::mpsc::channel::<(u64, StoreRequest)>(READ_AHEAD);
     let namespace = config.namespace.clone();
@@ -156,43 +153,45 @@ pub async fn import(
         }
         Ok(())
     });
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let imported = Arc::new(AtomicU64::new(0));
-    let refused: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
-    let mut senders = tokio::task::JoinSet::new();
-    for _ in 0..config.clients.max(1) {
-        let (mut client, rx, imported, refused, progress) =
-            (client.clone(), rx.clone(), imported.clone(), refused.clone(), progress.clone());
-        senders.spawn(async move {
-            loop {
-                let Some((line, req)) = rx.lock().await.recv().await else { return Ok(()) };
-                match store(&mut client, req).await {
-                    Ok(()) => progress(imported.fetch_add(1, Ordering::Relaxed) + 1),
-                    Err(status)
-                        if status.code() == Code::InvalidArgument || status.code() == Code::FailedPrecondition =>
-                    {
-                        refused.lock().expect("refused lock").push((line, status.message().to_owned()));
-                    }
-                    Err(status) => return Err(TransferError::from(status)),
-                }
+    // `send` owns the receiver, so when it stops early the reader's next send fails and the
+    // reader ends instead of waiting for room that never comes.
+    let sent = send(client, rx, config.clients.max(1), progress).await;
+    let read = reader.await.expect("import reader panicked");
+    let (imported, mut refused) = sent?;
+    read?;
+    refused.sort_unstable();
+    Ok(ImportReport { imported, refused, elapsed: started.elapsed() })
+}
+
+/// Stores what the reader sends, `clients` at a time, until it stops or the server fails in a
+/// way that no retry or skip answers (the first such error wins; the stores still in flight
+/// are dropped). Returns the stores made and the lines refused.
+async fn send(
+    client: Client,
+    lines: tokio::sync::mpsc::Receiver<(u64, StoreRequest)>,
+    clients: usize,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<(u64, Vec<(u64, String)>), TransferError> {
+    let mut stores = tokio_stream::wrappers::ReceiverStream::new(lines)
+        .map(|(line, req)| {
+            let mut client = client.clone();
+            async move { (line, store(&mut client, req).await) }
+        })
+        .buffer_unordered(clients);
+    let (mut imported, mut refused) = (0, Vec::new());
+    while let Some((line, stored)) = stores.next().await {
+        match stored {
+            Ok(()) => {
+                imported += 1;
+                progress(imported);
             }
-        });
-    }
-    let mut failure = None;
-    while let Some(done) = senders.join_next().await {
-        if let Err(e) = done.expect("import task panicked") {
-            failure.get_or_insert(e);
-            senders.abort_all();
+            Err(status) if status.code() == Code::InvalidArgument || status.code() == Code::FailedPrecondition => {
+                refused.push((line, status.message().to_owned()));
+            }
+            Err(status) => return Err(status.into()),
         }
     }
-    let read = reader.await.expect("import reader panicked");
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    read?;
-    let mut refused = std::mem::take(&mut *refused.lock().expect("refused lock"));
-    refused.sort_unstable();
-    Ok(ImportReport { imported: imported.load(Ordering::Relaxed), refused, elapsed: started.elapsed() })
+    Ok((imported, refused))
 }
 
 /// One Store, retried while the server's queue is full (with a growing pause).
@@ -211,7 +210,7 @@ async fn store(client: &mut Client, req: StoreRequest) -> Result<(), tonic::Stat
 
 /// Entries the server holds for an export of `namespace` ("" = all), for a progress bar.
 pub async fn count(server: &ClientArgs, namespace: &str) -> Result<u64, TransferError> {
-    let mut client = load::connect(server).await?;
+    let mut client = client::connect(server).await?;
     Ok(client.stats(StatsRequest { namespace: namespace.to_owned() }).await?.into_inner().entries)
 }
 
@@ -222,7 +221,7 @@ pub async fn export(
     out: &mut (dyn Write + Send),
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<u64, TransferError> {
-    let mut client = load::connect(server).await?;
+    let mut client = client::connect(server).await?;
     let mut stream = client.export(ExportRequest { namespace: namespace.to_owned() }).await?.into_inner();
     let io = |source| TransferError::Io { path: "output".into(), source };
     let mut written = 0;

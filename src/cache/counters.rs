@@ -1,7 +1,7 @@
 //! Counts since start, per namespace and in total: what `Stats` and the metrics report.
 
-use super::{Cache, CacheError, LookupOutcome, NamespaceState, Stats};
 use super::validate;
+use super::{Cache, CacheError, LookupOutcome, NamespaceState, Stats};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Default)]

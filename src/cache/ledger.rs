@@ -5,8 +5,8 @@
 
 use crate::index::ScopeId;
 use crate::store::CatalogRecord;
-use std::collections::{BTreeSet, HashMap, HashSet};
 use parking_lot::{Mutex, MutexGuard};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq)]

@@ -34,8 +34,8 @@ pub use error::CacheError;
 pub use maintenance::{Maintenance, MaintenanceSettings};
 pub use open::Settings;
 pub use types::{
-    Defaults, DeleteTarget, Entry, GuardVeto, LookupOutcome, LookupRequest, MissReason, NamespaceUpdate,
-    NamespaceView, Stats, StoreRequest, Usage, Veto,
+    Defaults, DeleteTarget, Entry, GuardVeto, LookupOutcome, LookupRequest, MissReason, NamespaceUpdate, NamespaceView,
+    Stats, StoreRequest, Usage, Veto,
 };
 pub use validate::{Limits, ValidationError};
 
@@ -130,8 +130,9 @@ impl Cache {
         let vector = self.embedder.embed(text).await?;
         let dim = self.embedder.info().dim;
         if vector.len() != dim {
-            return Err(EmbedError::Model(format!("the model returned {} dimensions instead of {dim}", vector.len()))
-                .into());
+            return Err(
+                EmbedError::Model(format!("the model returned {} dimensions instead of {dim}", vector.len())).into()
+            );
         }
         Ok(vector)
     }

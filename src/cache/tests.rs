@@ -20,12 +20,8 @@ struct Words {
 
 impl Words {
     fn new() -> Arc<Self> {
-        let info = ModelInfo {
-            name: "words".into(),
-            dim: DIM,
-            fingerprint: format!("words/{DIM}/test"),
-            max_seq_length: 256,
-        };
+        let info =
+            ModelInfo { name: "words".into(), dim: DIM, fingerprint: format!("words/{DIM}/test"), max_seq_length: 256 };
         Arc::new(Self { info, calls: AtomicUsize::new(0) })
     }
 }
@@ -272,11 +268,12 @@ async fn export_and_delete_see_the_same_live_entries() {
     f.store(store_req("ns", "kept forever", "b")).await;
     f.clock.advance_ms(1_000);
     let mut exported = Vec::new();
-    f.cache.export("ns", |e| {
-        exported.push(e.response);
-        true
-    })
-    .unwrap();
+    f.cache
+        .export("ns", |e| {
+            exported.push(e.response);
+            true
+        })
+        .unwrap();
     assert_eq!(exported, ["b"], "an expired entry is not exported");
     let e = f.cache.delete("nowhere".into(), DeleteTarget::All).await.unwrap_err();
     assert!(matches!(e, CacheError::NamespaceNotFound(_)));

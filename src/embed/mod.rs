@@ -172,7 +172,6 @@ impl Embedder {
             .expect("spawn the model thread");
         (handle, ready_rx)
     }
-
 }
 
 #[async_trait::async_trait]

@@ -7,6 +7,7 @@
 //! published sets have no such rows.
 
 use super::EvalError;
+use crate::rng::SplitMix64;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::path::Path;
@@ -108,16 +109,16 @@ impl fmt::Display for Position {
 /// Reads a pair file. Without `format` the layout is told from the header of a CSV file or the
 /// keys of the first object of a JSON array. Refuses (rather than skips) any unusable row and
 /// a file without pairs.
-pub fn load(path: &Path, format: Option<Format>) -> Result<Vec<Pair>, EvalError> {
+pub fn read_pairs(path: &Path, format: Option<Format>) -> Result<Vec<Pair>, EvalError> {
     let csv = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-    let pairs = if csv { load_csv(path, format)? } else { load_json(path, format)? };
+    let pairs = if csv { read_csv(path, format)? } else { read_json(path, format)? };
     if pairs.is_empty() {
         return Err(file_error(path, "holds no pairs"));
     }
     Ok(pairs)
 }
 
-fn load_json(path: &Path, format: Option<Format>) -> Result<Vec<Pair>, EvalError> {
+fn read_json(path: &Path, format: Option<Format>) -> Result<Vec<Pair>, EvalError> {
     let bytes = std::fs::read(path).map_err(|source| EvalError::Io { path: path.to_owned(), source })?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| file_error(path, &format!("not valid JSON: {e}")))?;
     let Value::Array(rows) = value else {
@@ -169,7 +170,7 @@ fn json_label(path: &Path, at: Position, row: &Map<String, Value>, key: &str) ->
     }
 }
 
-fn load_csv(path: &Path, format: Option<Format>) -> Result<Vec<Pair>, EvalError> {
+fn read_csv(path: &Path, format: Option<Format>) -> Result<Vec<Pair>, EvalError> {
     let mut reader = csv::ReaderBuilder::new().from_path(path).map_err(|e| csv_error(path, e))?;
     let header: Vec<String> = reader
         .headers()
@@ -296,11 +297,9 @@ pub fn sample(pairs: Vec<Pair>, n: usize, seed: u64) -> Vec<Pair> {
     }
     // The first n steps of a Fisher-Yates shuffle: the picks do not depend on n.
     let mut order: Vec<usize> = (0..len).collect();
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix64::new(seed);
     for i in 0..n {
-        let span = (len - i) as u64;
-        // Lemire's multiply-shift: a uniform draw in 0..span without a modulo.
-        let j = i + ((u128::from(rng.next()) * u128::from(span)) >> 64) as usize;
+        let j = i + rng.below((len - i) as u64) as usize;
         order.swap(i, j);
     }
     let mut keep = vec![false; len];
@@ -308,19 +307,6 @@ pub fn sample(pairs: Vec<Pair>, n: usize, seed: u64) -> Vec<Pair> {
         keep[i] = true;
     }
     pairs.into_iter().zip(keep).filter_map(|(pair, keep)| keep.then_some(pair)).collect()
-}
-
-/// Steele, Lea and Flood's SplitMix64: tiny, and good enough to pick a sample.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 #[cfg(test)]
@@ -358,8 +344,8 @@ mod tests {
             pair("How do I learn Rust?", "Best way to learn Rust?", true),
             pair("What is 2+2?", "What is 2+3?", false),
         ];
-        assert_eq!(load(&path, None).unwrap(), expected);
-        assert_eq!(load(&path, Some(Format::Qqp)).unwrap(), expected);
+        assert_eq!(read_pairs(&path, None).unwrap(), expected);
+        assert_eq!(read_pairs(&path, Some(Format::Qqp)).unwrap(), expected);
     }
 
     #[test]
@@ -373,7 +359,7 @@ mod tests {
              plain one,plain two,0\n",
         );
         assert_eq!(
-            load(&path, None).unwrap(),
+            read_pairs(&path, None).unwrap(),
             vec![
                 pair("If you could live anywhere, where?", "Say \"where\"\nand why", true),
                 pair("plain one", "plain two", false)
@@ -386,7 +372,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mock =
             fixture(&dir, "mock.json", r#"[{"origin": "Hub hosts models.", "similar": "The Hub stores models."}]"#);
-        assert_eq!(load(&mock, None).unwrap(), vec![pair("Hub hosts models.", "The Hub stores models.", true)]);
+        assert_eq!(read_pairs(&mock, None).unwrap(), vec![pair("Hub hosts models.", "The Hub stores models.", true)]);
         let contextual = fixture(
             &dir,
             "ctx.json",
@@ -394,7 +380,7 @@ mod tests {
                  "Follow-Up Query": "How are they used in finance?", "Follow Up Query Response": "Hedging."}]"#,
         );
         assert_eq!(
-            load(&contextual, None).unwrap(),
+            read_pairs(&contextual, None).unwrap(),
             vec![pair("What are derivatives?", "How are they used in finance?", false)]
         );
     }
@@ -403,15 +389,15 @@ mod tests {
     fn csv_header_and_bom_are_tolerated_and_layout_can_be_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = fixture(&dir, "x.csv", "\u{feff}is_duplicate,question2,question1\n1,b,a\n");
-        assert_eq!(load(&path, None).unwrap(), vec![pair("a", "b", true)]);
-        assert_eq!(load(&path, Some(Format::MeanCache)).unwrap(), vec![pair("a", "b", true)]);
+        assert_eq!(read_pairs(&path, None).unwrap(), vec![pair("a", "b", true)]);
+        assert_eq!(read_pairs(&path, Some(Format::MeanCache)).unwrap(), vec![pair("a", "b", true)]);
     }
 
     #[test]
     fn a_named_format_overrides_detection() {
         let dir = tempfile::tempdir().unwrap();
         let path = fixture(&dir, "qqp.json", r#"[{"text_a": "a", "text_b": "b", "label": 1}]"#);
-        let (at, what) = row_fault(load(&path, Some(Format::Mock)));
+        let (at, what) = row_fault(read_pairs(&path, Some(Format::Mock)));
         assert_eq!(at, Position::Element(0));
         assert_eq!(what, r#"missing key "origin""#);
     }
@@ -431,7 +417,7 @@ mod tests {
         ];
         for (bad, fault) in cases {
             let path = fixture(&dir, "bad.json", &format!("[{ok}, {ok}, {bad}]"));
-            let error = load(&path, None).unwrap_err();
+            let error = read_pairs(&path, None).unwrap_err();
             let message = error.to_string();
             assert!(message.starts_with(&path.display().to_string()), "{message}");
             assert_eq!(row_fault(Err(error)), (Position::Element(2), fault.to_string()));
@@ -450,14 +436,14 @@ mod tests {
         ];
         for (rows, line, fault) in cases {
             let path = fixture(&dir, "bad.csv", &format!("{header}{rows}"));
-            assert_eq!(row_fault(load(&path, None)), (line, fault.to_string()));
+            assert_eq!(row_fault(read_pairs(&path, None)), (line, fault.to_string()));
         }
     }
 
     #[test]
     fn unusable_files_are_refused_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let file_fault = |path: &Path, format| match load(path, format) {
+        let file_fault = |path: &Path, format| match read_pairs(path, format) {
             Err(EvalError::File { what, .. }) => what,
             other => panic!("expected a file error, got {other:?}"),
         };
@@ -480,8 +466,8 @@ mod tests {
             r#"the header (q1,q2,dup) has no column "question1""#
         );
         let missing = dir.path().join("missing.json");
-        assert!(matches!(load(&missing, None), Err(EvalError::Io { .. })));
-        assert!(matches!(load(&dir.path().join("missing.csv"), None), Err(EvalError::Io { .. })));
+        assert!(matches!(read_pairs(&missing, None), Err(EvalError::Io { .. })));
+        assert!(matches!(read_pairs(&dir.path().join("missing.csv"), None), Err(EvalError::Io { .. })));
     }
 
     fn numbered(n: usize) -> Vec<Pair> {
@@ -509,6 +495,16 @@ mod tests {
         let small = sample(all.clone(), 50, 42);
         let large = sample(all, 200, 42);
         assert!(small.iter().all(|p| large.contains(p)));
+    }
+
+    #[test]
+    fn a_seed_picks_the_same_pairs_in_every_version() {
+        // A result reported with `--limit N --seed S` must be reproducible by later builds:
+        // these are the picks of the generator that `sample` first shipped with.
+        let all = numbered(1000);
+        let picked: Vec<usize> =
+            sample(all.clone(), 5, 7).iter().map(|p| all.iter().position(|q| q == p).unwrap()).collect();
+        assert_eq!(picked, [17, 389, 454, 584, 900]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod plot;
 pub mod run;
 pub mod score;
 
-pub use dataset::{load, sample, Format, Pair, Position};
+pub use dataset::{read_pairs, sample, Format, Pair, Position};
 pub use run::{curves, render, run, Lookup, Progress, RunConfig, RunResult};
 pub use score::{
     at, best_recall_within_false_hits, curve, is_own, lowest_meeting_precision, thresholds, Match, Observation, Point,
@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 /// Why an evaluation failed: a pair file that cannot be used or a plot not written (these name
-/// the file), or the server refusing.
+/// the file), or the server unreachable or refusing.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     #[error("{}: {source}", path.display())]
@@ -40,12 +40,12 @@ pub enum EvalError {
     #[error("namespace {0:?} exists; evaluation needs a fresh one (pass another --scratch-namespace or drop it)")]
     NamespaceExists(String),
     #[error(transparent)]
-    Server(#[from] crate::load::LoadError),
+    Client(#[from] crate::client::ClientError),
 }
 
 impl From<tonic::Status> for EvalError {
     fn from(status: tonic::Status) -> Self {
-        Self::Server(status.into())
+        Self::Client(status.into())
     }
 }
 

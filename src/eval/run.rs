@@ -10,16 +10,13 @@
 use super::dataset::Pair;
 use super::score::{Match, Observation};
 use super::EvalError;
-use crate::client::Client;
-use crate::config::ClientArgs;
-use crate::load;
+use crate::client::{self, Client, ClientArgs};
 use crate::proto::{
     ConfigureNamespaceRequest, DropNamespaceRequest, GetNamespaceRequest, LookupRequest, LookupResponse, StoreRequest,
 };
 use crate::text::normalize;
+use futures_util::{StreamExt, TryStreamExt};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use tonic::Code;
 
 #[derive(Debug, Clone)]
@@ -67,33 +64,6 @@ pub trait Progress: Send + Sync {
     fn looked_up(&self, total: u64);
 }
 
-/// Runs `work(i)` for every `i < n` on `clients` concurrent tasks; the first error wins.
-async fn each<F, Fut>(n: usize, clients: usize, work: F) -> Result<(), EvalError>
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<(), EvalError>> + Send,
-{
-    let next = Arc::new(AtomicUsize::new(0));
-    let work = Arc::new(work);
-    let mut tasks: tokio::task::JoinSet<Result<(), EvalError>> = tokio::task::JoinSet::new();
-    for _ in 0..clients.clamp(1, n.max(1)) {
-        let (next, work) = (next.clone(), work.clone());
-        tasks.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return Ok(());
-                }
-                work(i).await?;
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.expect("eval task panicked")?;
-    }
-    Ok(())
-}
-
 fn observe(pair: &Pair, r: &LookupResponse, texts: &HashMap<String, String>) -> (Observation, Lookup) {
     let own = |query: &str| normalize(query) == normalize(&pair.a);
     let nearest_text = texts.get(&r.nearest_id).cloned();
@@ -116,9 +86,9 @@ pub async fn run(
     server: &ClientArgs,
     pairs: Vec<Pair>,
     config: &RunConfig,
-    progress: Arc<dyn Progress>,
+    progress: &dyn Progress,
 ) -> Result<RunResult, EvalError> {
-    let mut client = load::connect(server).await?;
+    let mut client = client::connect(server).await?;
     let ns = config.namespace.clone();
     match client.get_namespace(GetNamespaceRequest { name: ns.clone() }).await {
         Err(status) if status.code() == Code::NotFound => {}
@@ -134,7 +104,7 @@ pub async fn run(
         })
         .await?
         .into_inner();
-    let result = measure(client.clone(), pairs, config, progress).await;
+    let result = measure(client.clone(), &pairs, config, progress).await;
     if !config.keep {
         client.drop_namespace(DropNamespaceRequest { name: ns }).await?;
     }
@@ -143,79 +113,62 @@ pub async fn run(
 }
 
 type Measured = (Vec<Observation>, Vec<Lookup>, usize);
-/// A pair's lookup, once made.
-type Slot = Option<(Observation, Lookup)>;
 
 async fn measure(
     client: Client,
-    pairs: Vec<Pair>,
+    pairs: &[Pair],
     config: &RunConfig,
-    progress: Arc<dyn Progress>,
+    progress: &dyn Progress,
 ) -> Result<Measured, EvalError> {
+    let clients = config.clients.max(1);
     // The same `a` often stands in several pairs; it is stored once.
     let mut distinct: HashMap<String, String> = HashMap::new();
-    for p in &pairs {
+    for p in pairs {
         distinct.entry(normalize(&p.a)).or_insert_with(|| p.a.clone());
     }
-    let texts: Arc<Vec<String>> = Arc::new(distinct.into_values().collect());
-    let ids: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-    let stored = Arc::new(AtomicUsize::new(0));
-    {
-        let (client, texts, ids, ns, progress) =
-            (client.clone(), texts.clone(), ids.clone(), config.namespace.clone(), progress.clone());
-        each(texts.len(), config.clients, move |i| {
-            let (mut client, texts, ids, ns, progress, stored) =
-                (client.clone(), texts.clone(), ids.clone(), ns.clone(), progress.clone(), stored.clone());
-            async move {
-                let query = texts[i].clone();
-                let id = client
-                    .store(StoreRequest {
-                        namespace: ns,
-                        response: format!("cached answer to: {query}"),
-                        query: query.clone(),
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner()
-                    .id;
-                ids.lock().expect("ids lock").insert(id, query);
-                progress.stored(stored.fetch_add(1, Ordering::Relaxed) as u64 + 1);
-                Ok(())
-            }
+    let texts: Vec<String> = distinct.into_values().collect();
+    let mut stored = futures_util::stream::iter(&texts)
+        .map(|query| {
+            let mut client = client.clone();
+            let request = StoreRequest {
+                namespace: config.namespace.clone(),
+                response: format!("cached answer to: {query}"),
+                query: query.clone(),
+                ..Default::default()
+            };
+            async move { Ok::<_, EvalError>((client.store(request).await?.into_inner().id, query.clone())) }
         })
-        .await?;
+        .buffer_unordered(clients);
+    // Entry id -> its query: a lookup names only the id of the nearest entry.
+    let (mut ids, mut done) = (HashMap::with_capacity(texts.len()), 0);
+    while let Some((id, query)) = stored.try_next().await? {
+        ids.insert(id, query);
+        done += 1;
+        progress.stored(done);
     }
-    let ids = Arc::new(std::mem::take(&mut *ids.lock().expect("ids lock")));
 
-    let pairs = Arc::new(pairs);
-    let slots: Arc<Mutex<Vec<Slot>>> = Arc::new(Mutex::new(vec![None; pairs.len()]));
-    let done = Arc::new(AtomicUsize::new(0));
-    {
-        let (pairs, slots, ns) = (pairs.clone(), slots.clone(), config.namespace.clone());
-        let (from, with_context) = (config.from, config.follow_up_context);
-        each(pairs.len(), config.clients, move |i| {
-            let (mut client, pairs, slots, ids, ns, progress, done) =
-                (client.clone(), pairs.clone(), slots.clone(), ids.clone(), ns.clone(), progress.clone(), done.clone());
-            async move {
-                let pair = &pairs[i];
-                let r = client
-                    .lookup(LookupRequest {
-                        namespace: ns,
-                        query: pair.b.clone(),
-                        similarity_threshold: Some(from),
-                        context: if with_context { vec![pair.a.clone()] } else { Vec::new() },
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                slots.lock().expect("slots lock")[i] = Some(observe(pair, &r, &ids));
-                progress.looked_up(done.fetch_add(1, Ordering::Relaxed) as u64 + 1);
-                Ok(())
-            }
+    let (from, with_context) = (config.from, config.follow_up_context);
+    let mut answers = futures_util::stream::iter(pairs.iter().enumerate())
+        .map(|(i, pair)| {
+            let mut client = client.clone();
+            let request = LookupRequest {
+                namespace: config.namespace.clone(),
+                query: pair.b.clone(),
+                similarity_threshold: Some(from),
+                context: if with_context { vec![pair.a.clone()] } else { Vec::new() },
+                ..Default::default()
+            };
+            async move { Ok::<_, EvalError>((i, client.lookup(request).await?.into_inner())) }
         })
-        .await?;
+        .buffer_unordered(clients);
+    // Answers come in any order; the results keep the pairs' order.
+    let mut slots: Vec<Option<(Observation, Lookup)>> = vec![None; pairs.len()];
+    let mut done = 0;
+    while let Some((i, answer)) = answers.try_next().await? {
+        slots[i] = Some(observe(&pairs[i], &answer, &ids));
+        done += 1;
+        progress.looked_up(done);
     }
-    let slots = std::mem::take(&mut *slots.lock().expect("slots lock"));
     let (observations, lookups) = slots.into_iter().map(|s| s.expect("every pair looked up")).unzip();
     Ok((observations, lookups, texts.len()))
 }

@@ -8,9 +8,9 @@ mod partition;
 
 pub use partition::{dot, Candidate, IndexParams, Partition};
 
+use parking_lot::RwLock;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use parking_lot::RwLock;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -76,11 +76,7 @@ impl Index {
                 let ids: Vec<u64> = live.into_iter().collect();
                 Partition::from_vectors(namespace.clone(), scope, self.dim, self.params, fetch(&namespace, &ids)?)
             };
-            self.namespaces
-                .write()
-                .entry(namespace)
-                .or_default()
-                .insert(scope, Arc::new(partition));
+            self.namespaces.write().entry(namespace).or_default().insert(scope, Arc::new(partition));
             if last_log.elapsed().as_secs() >= 5 {
                 tracing::info!(done = report.vectors, total, "restoring the index");
                 last_log = Instant::now();
@@ -179,10 +175,7 @@ impl Index {
 
     /// Live vectors in a namespace, over all its scopes.
     pub fn len(&self, namespace: &str) -> usize {
-        self.namespaces
-            .read()
-            .get(namespace)
-            .map_or(0, |parts| parts.values().map(|p| p.len()).sum())
+        self.namespaces.read().get(namespace).map_or(0, |parts| parts.values().map(|p| p.len()).sum())
     }
 
     pub fn total(&self) -> usize {

@@ -336,3 +336,115 @@ async fn export_then_import_round_trips_entries_between_servers() {
     assert!(stderr.contains("refused 1 of the lines"), "{stderr}");
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_and_lookup_one_entry_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::TestServer::start(dir.path()).await;
+    let addr = format!("http://{}", server.addr);
+    let cmd = |sub: &str, rest: &[&str]| {
+        let mut a = args(&[sub, "--addr", &addr]);
+        a.extend(args(rest));
+        a
+    };
+    let json = |stdout: &str| -> serde_json::Value {
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not one JSON object ({e}): {stdout}"))
+    };
+
+    let (ok, stdout, stderr) = run(cmd(
+        "store",
+        &[
+            "--namespace",
+            "support",
+            "--scope",
+            "tenant=acme",
+            "--ttl-seconds",
+            "3600",
+            "How do I reset my password?",
+            "Settings > Security > Reset password",
+        ],
+    ))
+    .await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let id = stdout.trim().strip_prefix("id: ").unwrap_or_else(|| panic!("no id in {stdout}")).to_owned();
+    let (ok, stdout, stderr) =
+        run(cmd("store", &["--json", "--namespace", "support", "What is the capital of France?", "Paris"])).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let other = json(&stdout)["id"].as_str().unwrap().to_owned();
+    assert!(!other.is_empty() && other != id, "{stdout}");
+
+    // A paraphrase in the entry's scope is served that entry.
+    let paraphrase = "I forgot my password, how can I change it?";
+    let in_scope = |extra: &[&str]| {
+        let mut a = vec!["--namespace", "support", "--scope", "tenant=acme"];
+        a.extend(extra);
+        a.push(paraphrase);
+        cmd("lookup", &a)
+    };
+    let (ok, stdout, stderr) = run(in_scope(&[])).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert_eq!(stdout.lines().next(), Some("hit"), "{stdout}");
+    assert!(stdout.contains("\nsimilarity: ") && stdout.contains("\nthreshold: "), "{stdout}");
+    assert!(stdout.contains(&format!("\nid: {id}\n")), "{stdout}");
+    assert!(stdout.contains("\nquery: How do I reset my password?\n"), "{stdout}");
+    assert!(stdout.ends_with("\nresponse: Settings > Security > Reset password\n"), "{stdout}");
+
+    let (ok, stdout, stderr) = run(in_scope(&["--json"])).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let v = json(&stdout);
+    assert_eq!(v["hit"], true, "{v}");
+    assert_eq!(v["entry"]["id"], id.as_str(), "{v}");
+    assert_eq!(v["entry"]["response"], "Settings > Security > Reset password", "{v}");
+    assert_eq!(v["entry"]["scope"]["tenant"], "acme", "{v}");
+    assert_eq!(v["nearest_id"], id.as_str(), "{v}");
+    assert_eq!(v["miss_reason"], "MISS_REASON_UNSPECIFIED", "{v}");
+    assert!(v["veto"].is_null(), "{v}");
+    let (similarity, threshold) = (v["similarity"].as_f64().unwrap(), v["threshold"].as_f64().unwrap());
+    assert!(similarity >= threshold && similarity < 1.0, "a paraphrase, not the stored text: {v}");
+    let lifetime =
+        v["entry"]["expires_at_unix_ms"].as_i64().unwrap() - v["entry"]["created_at_unix_ms"].as_i64().unwrap();
+    assert!((3_599_000..=3_601_000).contains(&lifetime), "--ttl-seconds 3600: {v}");
+
+    // Misses are answers: exit 0, with the reason.
+    let (ok, stdout, stderr) =
+        run(cmd("lookup", &["--namespace", "support", "--scope", "tenant=globex", paraphrase])).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert_eq!(stdout.lines().next(), Some("miss (empty)"), "{stdout}");
+    let (ok, stdout, stderr) = run(in_scope(&["--threshold", "0.999"])).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert_eq!(stdout.lines().next(), Some("miss (below threshold)"), "{stdout}");
+    assert!(stdout.contains("\nthreshold: 0.999\n") && stdout.contains(&format!("\nnearest: {id}\n")), "{stdout}");
+    let (ok, stdout, stderr) = run(in_scope(&["--threshold", "0.999", "--json"])).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let v = json(&stdout);
+    assert_eq!((v["hit"].as_bool(), v["miss_reason"].as_str()), (Some(false), Some("MISS_REASON_BELOW_THRESHOLD")));
+    assert!(v["entry"].is_null(), "{v}");
+
+    // Failures exit non-zero and say what failed.
+    for sub in ["lookup", "store"] {
+        let mut rest = vec!["--namespace", "no spaces allowed", "a question"];
+        if sub == "store" {
+            rest.push("an answer");
+        }
+        let (ok, stdout, stderr) = run(cmd(sub, &rest)).await;
+        assert!(!ok, "{sub}: {stdout}");
+        assert!(stderr.contains("INVALID_ARGUMENT") && stderr.contains("namespace"), "{sub}: {stderr}");
+    }
+    let (ok, _, stderr) = run(cmd("store", &["--namespace", "support", "--scope", "novalue", "q", "r"])).await;
+    assert!(!ok && stderr.contains("novalue") && stderr.contains("KEY=VALUE"), "{stderr}");
+    let (ok, _, stderr) =
+        run(cmd("lookup", &["--namespace", "support", "--scope", "a=1", "--scope", "a=2", "q"])).await;
+    assert!(!ok && stderr.contains("twice"), "{stderr}");
+    let (ok, _, stderr) = run(cmd("lookup", &["--namespace", "support", "--threshold", "1.5", "q"])).await;
+    assert!(!ok && stderr.contains("not a similarity threshold"), "{stderr}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (ok, _, stderr) =
+        run(args(&["lookup", "--addr", &format!("http://{closed}"), "--namespace", "support", "q"])).await;
+    assert!(!ok && stderr.contains(&format!("cannot connect to http://{closed}")), "{stderr}");
+
+    // Nothing else was stored on the way.
+    let mut c = server.client.clone();
+    let stats = c.stats(semcache::proto::StatsRequest { namespace: "support".into() }).await.unwrap().into_inner();
+    assert_eq!(stats.entries, 2);
+    server.stop().await;
+}

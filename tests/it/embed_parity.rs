@@ -78,7 +78,8 @@ async fn concurrent_requests_get_their_own_vectors_from_shared_batches() {
     let dir = common::model_dir();
     // A small token budget as well, so that some batches are cut by it rather than by count.
     let config = BatchConfig { max_batch: 16, max_batch_tokens: 160, threads: 2, ..BatchConfig::default() };
-    let (embedder, ready) = Embedder::spawn(&dir, ModelInfo::read(&dir).unwrap(), DeviceKind::Cpu, config, Box::new(|_| {}));
+    let (embedder, ready) =
+        Embedder::spawn(&dir, ModelInfo::read(&dir).unwrap(), DeviceKind::Cpu, config, Box::new(|_| {}));
     ready.await.unwrap().unwrap();
     let texts: Vec<String> = reference.items.iter().map(|i| i.text.clone()).collect();
     for round in 0..3 {

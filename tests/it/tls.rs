@@ -4,7 +4,7 @@
 use crate::harness as common;
 
 use common::{lookup_req, model_dir, store_req};
-use semcache::config::ClientArgs;
+use semcache::client::ClientArgs;
 use std::path::Path;
 use std::time::Duration;
 

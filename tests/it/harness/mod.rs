@@ -4,9 +4,9 @@
 pub mod process;
 
 use semcache::config::ServeArgs;
-use semcache::server::SharedModel;
 use semcache::proto::semantic_cache_client::SemanticCacheClient;
 use semcache::proto::*;
+use semcache::server::SharedModel;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

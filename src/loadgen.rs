@@ -4,11 +4,10 @@
 //! throughput and latency percentiles. It is a plain client of the public API, so it measures
 //! what a gateway would see, network stack included.
 
-use crate::client::{self, Client, ConnectError};
-use crate::config::ClientArgs;
+use crate::client::{self, Client, ClientArgs, ClientError};
 use crate::proto::{DropNamespaceRequest, LookupRequest, StoreRequest};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use futures_util::StreamExt;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
@@ -128,20 +127,8 @@ fn is_repeat(i: u64, ratio: f64) -> bool {
     ((i + 1) as f64 * ratio).floor() > (i as f64 * ratio).floor()
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    #[error("{0}")]
-    Rpc(#[from] tonic::Status),
-}
-
-pub async fn connect(server: &ClientArgs) -> Result<Client, LoadError> {
-    Ok(client::connect(server).await?)
-}
-
 /// Stores the queries that repeats will hit (the first `entries` questions).
-pub async fn seed(client: &mut Client, config: &LoadConfig) -> Result<(), LoadError> {
+pub async fn seed(client: &mut Client, config: &LoadConfig) -> Result<(), ClientError> {
     for n in 0..config.entries {
         client
             .store(StoreRequest {
@@ -155,80 +142,64 @@ pub async fn seed(client: &mut Client, config: &LoadConfig) -> Result<(), LoadEr
     Ok(())
 }
 
-pub async fn drop_namespace(client: &mut Client, namespace: &str) -> Result<u64, LoadError> {
+pub async fn drop_namespace(client: &mut Client, namespace: &str) -> Result<u64, ClientError> {
     Ok(client.drop_namespace(DropNamespaceRequest { name: namespace.into() }).await?.into_inner().deleted)
 }
 
 /// Runs the load. `fresh` picks where the never-seen questions start, so runs against the same
 /// server do not repeat each other's misses; `progress` is called after every answered lookup.
+/// Refusals and errors are counted, not returned: a run under overload is still a result.
 pub async fn run(
     server: &ClientArgs,
     config: &LoadConfig,
     fresh: u64,
-    progress: Arc<dyn Fn() + Send + Sync>,
-) -> Result<LoadReport, LoadError> {
-    let mut clients = Vec::with_capacity(config.clients);
-    for _ in 0..config.clients.max(1) {
-        clients.push(connect(server).await?);
+    progress: &(dyn Fn() + Send + Sync),
+) -> Result<LoadReport, ClientError> {
+    let clients = config.clients.max(1);
+    // One connection per client, each with at most one lookup in flight: what `clients`
+    // gateways would see, rather than many streams multiplexed over one HTTP/2 connection.
+    let mut idle = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        idle.push(client::connect(server).await?);
     }
-    let next = Arc::new(AtomicU64::new(0));
-    let refused = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(Mutex::new(Vec::<(Code, u64)>::new()));
+    let idle = Mutex::new(idle);
+    let lookup = |i: u64| {
+        let repeat = is_repeat(i, config.hit_ratio) && config.entries > 0;
+        let query = if repeat { question(i % config.entries) } else { question(fresh + i) };
+        let request = LookupRequest { namespace: config.namespace.clone(), query, ..Default::default() };
+        let idle = &idle;
+        async move {
+            // `buffer_unordered(clients)` starts a lookup only while fewer than `clients` run,
+            // and each puts its connection back before it counts as done: one is always idle.
+            let mut client = idle.lock().expect("idle lock").pop().expect("an idle connection");
+            let sent = Instant::now();
+            let answer = client.lookup(request).await;
+            let took = sent.elapsed();
+            idle.lock().expect("idle lock").push(client);
+            (took, answer.map(|r| r.into_inner().hit))
+        }
+    };
     let started = Instant::now();
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .map(|mut client| {
-            let (next, refused, errors, progress) = (next.clone(), refused.clone(), errors.clone(), progress.clone());
-            let config = config.clone();
-            tokio::spawn(async move {
-                let (mut hits, mut misses) = (Vec::new(), Vec::new());
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= config.requests {
-                        break;
-                    }
-                    let repeat = is_repeat(i, config.hit_ratio) && config.entries > 0;
-                    let query = if repeat { question(i % config.entries) } else { question(fresh + i) };
-                    let sent = Instant::now();
-                    let request = LookupRequest { namespace: config.namespace.clone(), query, ..Default::default() };
-                    match client.lookup(request).await {
-                        Ok(resp) => {
-                            let took = sent.elapsed();
-                            if resp.into_inner().hit {
-                                hits.push(took)
-                            } else {
-                                misses.push(took)
-                            }
-                            progress();
-                        }
-                        Err(s) if s.code() == Code::ResourceExhausted => {
-                            refused.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(s) => {
-                            let mut errors = errors.lock().expect("errors lock");
-                            match errors.iter_mut().find(|(c, _)| *c == s.code()) {
-                                Some((_, n)) => *n += 1,
-                                None => errors.push((s.code(), 1)),
-                            }
-                        }
-                    }
-                }
-                (hits, misses)
-            })
-        })
-        .collect();
-    let (mut hits, mut misses) = (Vec::new(), Vec::new());
-    for t in tasks {
-        let (h, m) = t.await.expect("load client task");
-        hits.extend(h);
-        misses.extend(m);
+    let mut answers = futures_util::stream::iter(0..config.requests).map(lookup).buffer_unordered(clients);
+    let (mut hits, mut misses, mut refused, mut errors) = (Vec::new(), Vec::new(), 0, Vec::<(Code, u64)>::new());
+    while let Some((took, answer)) = answers.next().await {
+        match answer {
+            Ok(hit) => {
+                if hit { &mut hits } else { &mut misses }.push(took);
+                progress();
+            }
+            Err(s) if s.code() == Code::ResourceExhausted => refused += 1,
+            Err(s) => match errors.iter_mut().find(|(c, _)| *c == s.code()) {
+                Some((_, n)) => *n += 1,
+                None => errors.push((s.code(), 1)),
+            },
+        }
     }
-    let errors = errors.lock().expect("errors lock").clone();
     Ok(LoadReport {
         elapsed: started.elapsed(),
         hits: Latencies::new(hits),
         misses: Latencies::new(misses),
-        refused: refused.load(Ordering::Relaxed),
+        refused,
         errors,
     })
 }
