@@ -1,19 +1,7 @@
 //! The `semcache` binary as a user starts it.
 
 use crate::harness as common;
-
-use std::process::Command;
-
-fn semcache() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_semcache"));
-    // Keep a developer's own settings out of these runs.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SEMCACHE_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
+use common::process::semcache;
 
 #[test]
 fn serve_without_a_model_says_how_to_fetch_it() {

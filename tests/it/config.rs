@@ -1,20 +1,9 @@
 //! `semcache serve --config`, `--print-config` and `--log-format` through the binary. Refusals
 //! need no model: the file is checked before anything starts.
 
+use crate::harness::process::semcache;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn semcache() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_semcache"));
-    // Keep a developer's own settings out of these runs.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SEMCACHE_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env_remove("RUST_BACKTRACE").env_remove("RUST_LIB_BACKTRACE");
-    cmd
-}
+use std::process::Output;
 
 fn write(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("semcache.toml");

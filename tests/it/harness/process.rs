@@ -11,6 +11,19 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
+/// The `semcache` binary, without a developer's own settings (`SEMCACHE_*`) or backtraces in
+/// what it prints.
+pub fn semcache() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_semcache"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SEMCACHE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env_remove("RUST_BACKTRACE").env_remove("RUST_LIB_BACKTRACE");
+    cmd
+}
+
 /// A running `semcache serve`. Dropping it kills the process, so a failing assertion never
 /// leaves a server running behind the test.
 pub struct Server {
@@ -46,14 +59,7 @@ impl Server {
         // A file rather than a pipe: nobody drains a pipe while the test is busy, and a full one
         // would stall the server's logging.
         let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_semcache"));
-        // Keep a developer's own settings out of these runs.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("SEMCACHE_") {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd
+        let child = semcache()
             .args(["serve", "--warmup-rounds", "1", "--listen", &addr.to_string()])
             .args(args)
             .arg("--data-dir")
