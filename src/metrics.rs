@@ -175,6 +175,32 @@ impl Collector for CacheCollector {
         family(e, "saved_cost_usd", &format!("Dollars {saved}"), counter, &cost)?;
         family(e, "entries", "Entries held", gauge, &by_namespace(|s| Value::Count(s.entries)))?;
         family(e, "bytes", "Stored size of the entries", gauge, &by_namespace(|s| Value::Count(s.bytes)))?;
+        family(
+            e,
+            "explores",
+            "Verified lookups answered EXPLORE",
+            counter,
+            &by_namespace(|s| Value::Count(s.explores)),
+        )?;
+        let probes = by_namespace_and(
+            "verdict",
+            [("correct", |s| Value::Count(s.probes_correct)), ("wrong", |s| Value::Count(s.probes_wrong))],
+        );
+        family(
+            e,
+            "probes",
+            "Probe tokens returned with a Store, by whether the cached answer was right",
+            counter,
+            &probes,
+        )?;
+        let feedback = by_namespace_and(
+            "verdict",
+            [("correct", |s| Value::Count(s.feedback_correct)), ("wrong", |s| Value::Count(s.feedback_wrong))],
+        );
+        family(e, "feedback", "Feedback calls, by verdict", counter, &feedback)?;
+        let rate = by_namespace(|s| Value::Amount(s.estimated_error_rate));
+        let help = "Verified mode's estimate of wrong hits per lookup since start";
+        family(e, "estimated_error_rate", help, gauge, &rate)?;
         let depth = Value::Count(self.cache.embed_queue_depth() as u64);
         family(e, "embed_queue_depth", "Texts waiting for the model", gauge, &vec![(Vec::new(), depth)])
     }

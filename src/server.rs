@@ -209,6 +209,7 @@ async fn serve(
         ttl_seconds: args.default_ttl_seconds,
         max_bytes: args.max_bytes,
         hit_guards: args.hit_guards,
+        probe_ttl_seconds: args.probe_ttl_seconds,
     };
     let limits = args.limits();
     let data_dir = args.data_dir.clone();

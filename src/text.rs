@@ -19,9 +19,30 @@ pub fn normalize(text: &str) -> String {
     out
 }
 
+/// An answer as verified mode compares two of them: [`normalize`]d, and without the
+/// punctuation around it (`"Yes."` and `yes` are the same answer; `5` and `50` are not).
+pub fn normalize_answer(text: &str) -> String {
+    let normalized = normalize(text);
+    normalized.trim_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace() || is_quote(c)).to_owned()
+}
+
+fn is_quote(c: char) -> bool {
+    matches!(c, '\u{2018}' | '\u{2019}' | '\u{201C}' | '\u{201D}' | '\u{00AB}' | '\u{00BB}' | '\u{2026}')
+}
+
 #[cfg(test)]
 mod tests {
-    use super::normalize;
+    use super::{normalize, normalize_answer};
+
+    #[test]
+    fn answers_compare_without_case_space_or_surrounding_punctuation() {
+        assert_eq!(normalize_answer("  Yes. "), "yes");
+        assert_eq!(normalize_answer("\u{201C}Card  arrival\u{201D}!"), "card arrival");
+        assert_eq!(normalize_answer("e.g. (see above)"), "e.g. (see above");
+        assert_ne!(normalize_answer("5"), normalize_answer("50"));
+        assert_ne!(normalize_answer("not yes"), normalize_answer("yes"));
+        assert_eq!(normalize_answer("?!"), "");
+    }
 
     #[test]
     fn folds_case_space_and_compatibility_forms() {

@@ -5,7 +5,7 @@
 //! The line format is the same both ways, so an export imports as is.
 
 use crate::client::{self, Client, ClientArgs, ClientError};
-use crate::proto::{ExportRequest, StatsRequest, StoreRequest, Usage};
+use crate::proto::{Evidence, ExportRequest, Observation, ObservationSource, StatsRequest, StoreRequest, Usage};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -38,6 +38,90 @@ pub struct Line {
     /// ... or the context key itself, as an export writes it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub context_key: String,
+    /// What verified mode learned about the entry, so a move keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<LineEvidence>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineEvidence {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub observations: Vec<LineObservation>,
+    /// Ids of the normalised queries the entry must never answer (see the proto's `Evidence`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_queries: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineObservation {
+    pub similarity: f32,
+    pub margin: f32,
+    pub agreeing: u32,
+    pub correct: bool,
+    /// "probe" or "feedback".
+    pub source: LineSource,
+    /// Set on an audit: the P(wrong) the model gave it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub audit_p_wrong: f32,
+}
+
+fn is_zero(v: &f32) -> bool {
+    *v == 0.0
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LineSource {
+    #[default]
+    Probe,
+    Feedback,
+}
+
+impl LineEvidence {
+    fn to_pb(&self) -> Evidence {
+        Evidence {
+            observations: self
+                .observations
+                .iter()
+                .map(|o| Observation {
+                    similarity: o.similarity,
+                    margin: o.margin,
+                    agreeing: o.agreeing,
+                    correct: o.correct,
+                    source: match o.source {
+                        LineSource::Probe => ObservationSource::Probe,
+                        LineSource::Feedback => ObservationSource::Feedback,
+                    }
+                    .into(),
+                    audit_p_wrong: o.audit_p_wrong,
+                })
+                .collect(),
+            refused_queries: self.refused_queries.clone(),
+        }
+    }
+
+    fn from_pb(e: Evidence) -> Self {
+        Self {
+            observations: e
+                .observations
+                .iter()
+                .map(|o| LineObservation {
+                    similarity: o.similarity,
+                    margin: o.margin,
+                    agreeing: o.agreeing,
+                    correct: o.correct,
+                    source: match o.source() {
+                        ObservationSource::Feedback => LineSource::Feedback,
+                        _ => LineSource::Probe,
+                    },
+                    audit_p_wrong: o.audit_p_wrong,
+                })
+                .collect(),
+            refused_queries: e.refused_queries,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -90,6 +174,8 @@ pub fn parse(text: &str, namespace: &str) -> Result<StoreRequest, String> {
         }),
         context: line.context,
         context_key: line.context_key,
+        evidence: line.evidence.as_ref().map(LineEvidence::to_pb),
+        ..Default::default()
     })
 }
 
@@ -247,6 +333,7 @@ pub async fn export(
             }),
             context: Vec::new(),
             context_key: entry.context_key,
+            evidence: entry.evidence.map(LineEvidence::from_pb),
         };
         serde_json::to_writer(&mut *out, &line).map_err(|e| io(e.into()))?;
         out.write_all(b"\n").map_err(io)?;
@@ -290,10 +377,24 @@ mod tests {
             ttl_seconds: Some(0),
             usage: Some(LineUsage { input_tokens: 1, output_tokens: 2, cost_usd: 0.5 }),
             context_key: "k".into(),
+            evidence: Some(LineEvidence {
+                observations: vec![LineObservation {
+                    similarity: 0.9,
+                    margin: 0.1,
+                    agreeing: 2,
+                    correct: false,
+                    source: LineSource::Feedback,
+                    audit_p_wrong: 0.0,
+                }],
+                refused_queries: vec![u64::MAX],
+            }),
             ..Default::default()
         };
         let text = serde_json::to_string(&line).unwrap();
         assert!(!text.contains("metadata") && !text.contains("\"context\""), "empty fields are left out: {text}");
+        assert!(text.contains("\"source\":\"feedback\""), "{text}");
         assert_eq!(serde_json::from_str::<Line>(&text).unwrap(), line);
+        let evidence = line.evidence.clone().unwrap();
+        assert_eq!(LineEvidence::from_pb(evidence.to_pb()), evidence, "through the wire and back");
     }
 }

@@ -17,6 +17,11 @@ pub(super) struct Counters {
     pub saved_output_tokens: AtomicU64,
     /// An f64 in its bit pattern, added to by compare-and-swap.
     pub saved_cost_usd: AtomicU64,
+    pub explores: AtomicU64,
+    pub probes_correct: AtomicU64,
+    pub probes_wrong: AtomicU64,
+    pub feedback_correct: AtomicU64,
+    pub feedback_wrong: AtomicU64,
 }
 
 impl Counters {
@@ -27,6 +32,9 @@ impl Counters {
     pub fn outcome(&self, outcome: &LookupOutcome) {
         let Some(entry) = &outcome.entry else {
             Self::bump(&self.misses);
+            if outcome.miss_reason == super::MissReason::Explore {
+                Self::bump(&self.explores);
+            }
             return;
         };
         Self::bump(&self.hits);
@@ -54,6 +62,12 @@ impl Counters {
             saved_input_tokens: load(&self.saved_input_tokens),
             saved_output_tokens: load(&self.saved_output_tokens),
             saved_cost_usd: f64::from_bits(load(&self.saved_cost_usd)),
+            explores: load(&self.explores),
+            probes_correct: load(&self.probes_correct),
+            probes_wrong: load(&self.probes_wrong),
+            feedback_correct: load(&self.feedback_correct),
+            feedback_wrong: load(&self.feedback_wrong),
+            estimated_error_rate: 0.0,
         }
     }
 }
@@ -71,7 +85,16 @@ impl Cache {
     /// index holds (expired entries count until the sweeper purges them).
     pub fn stats(&self, namespace: &str) -> Result<Stats, CacheError> {
         if namespace.is_empty() {
-            return Ok(self.totals.read(self.index.total() as u64, self.ledger.total_bytes()));
+            let mut stats = self.totals.read(self.index.total() as u64, self.ledger.total_bytes());
+            // Over all verified namespaces, weighted by their lookups.
+            let (mut wrong, mut lookups) = (0.0, 0.0);
+            for ns in self.namespaces.read().values() {
+                let n = ns.model.budget.verified_lookups() as f64;
+                wrong += ns.model.budget.estimated_error_rate() * n;
+                lookups += n;
+            }
+            stats.estimated_error_rate = if lookups > 0.0 { wrong / lookups } else { 0.0 };
+            return Ok(stats);
         }
         validate::namespace(namespace)?;
         let ns = self.namespace(namespace).ok_or_else(|| CacheError::NamespaceNotFound(namespace.to_owned()))?;
@@ -79,7 +102,9 @@ impl Cache {
     }
 
     fn namespace_stats(&self, name: &str, ns: &NamespaceState) -> Stats {
-        ns.counters.read(self.index.len(name) as u64, self.ledger.namespace_bytes(name))
+        let mut stats = ns.counters.read(self.index.len(name) as u64, self.ledger.namespace_bytes(name));
+        stats.estimated_error_rate = ns.model.budget.estimated_error_rate();
+        stats
     }
 
     /// Every namespace's counters, by name: what the metrics endpoint reports.

@@ -59,7 +59,7 @@ impl Cache {
 
     /// Deletes entries in one durable batch, with their exact keys where those still point
     /// at them (a newer Store of the same text may have taken the key over).
-    fn delete_entries(&self, entries: Vec<EntryRecord>) -> Result<u64, CacheError> {
+    pub(super) fn delete_entries(&self, entries: Vec<EntryRecord>) -> Result<u64, CacheError> {
         if entries.is_empty() {
             return Ok(0);
         }

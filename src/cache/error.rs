@@ -29,6 +29,9 @@ pub enum CacheError {
     Embed(#[from] EmbedError),
     #[error(transparent)]
     Storage(#[from] StoreError),
+    /// A probe token that is not this server's, or no longer usable.
+    #[error(transparent)]
+    Probe(super::probe::ProbeError),
     /// A bug: an operation panicked (its locks do not poison, so the server goes on).
     #[error("internal error: {0}")]
     Internal(String),

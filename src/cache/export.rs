@@ -22,7 +22,8 @@ impl Cache {
                 let now = self.now();
                 for entry in self.store.get_entries(&name, chunk)?.into_iter().flatten().filter(|e| e.is_live(now)) {
                     let hits = self.ledger.hit_count(entry.id).unwrap_or(0);
-                    if !out(Entry::from_record(entry, hits)) {
+                    let evidence = self.learning.evidence(entry.id);
+                    if !out(Entry { evidence, ..Entry::from_record(entry, hits) }) {
                         return Ok(sent);
                     }
                     sent += 1;

@@ -19,6 +19,8 @@ pub struct Meta {
     pub last_used_unix_ms: i64,
     pub hit_count: u64,
     pub size_bytes: u64,
+    /// Identity of its answer (0 = unknown), for verified mode's agreeing neighbours.
+    pub answer: u64,
 }
 
 impl Meta {
@@ -31,6 +33,7 @@ impl Meta {
             last_used_unix_ms: record.last_used_unix_ms,
             hit_count: record.hit_count,
             size_bytes: record.size_bytes,
+            answer: record.answer,
         }
     }
 
@@ -42,6 +45,7 @@ impl Meta {
             last_used_unix_ms: self.last_used_unix_ms,
             hit_count: self.hit_count,
             size_bytes: self.size_bytes,
+            answer: self.answer,
         }
     }
 }
@@ -130,6 +134,17 @@ impl Ledger {
         ns.recency.insert((tick, id));
         inner.dirty.insert(id);
         Some(meta.hit_count)
+    }
+
+    /// For index candidates, in order: `Some((expires_at_unix_ms, answer))` of those still
+    /// here. One lock for a whole lookup, and no RocksDB read.
+    pub fn candidates(&self, ids: impl IntoIterator<Item = u64>) -> Vec<Option<(i64, u64)>> {
+        let inner = self.lock();
+        ids.into_iter().map(|id| inner.entries.get(&id).map(|m| (m.expires_at_unix_ms, m.answer))).collect()
+    }
+
+    pub fn answer(&self, id: u64) -> Option<u64> {
+        self.lock().entries.get(&id).map(|m| m.answer)
     }
 
     pub fn get_size(&self, id: u64) -> Option<u64> {
@@ -285,6 +300,7 @@ mod tests {
             last_used_unix_ms: 0,
             hit_count: 0,
             size_bytes: size,
+            answer: 0,
         }
     }
 

@@ -2,6 +2,7 @@
 //! request's partition, the threshold and the hit guards.
 
 use super::counters::Counters;
+use super::learner::{Decision, Features, Offset, EXPLORE_MIN_SIMILARITY};
 use super::namespaces::NamespaceState;
 use super::{context, guard, validate, Cache, CacheError, Entry, GuardVeto, LookupOutcome, LookupRequest, MissReason};
 use crate::index::{Candidate, Partition};
@@ -12,7 +13,7 @@ use std::sync::Arc;
 
 /// Candidates taken from the index per lookup: the first live one wins, the rest cover
 /// entries that expired but are not purged yet.
-const CANDIDATES: usize = 8;
+pub(super) const CANDIDATES: usize = 8;
 
 /// What the first, model-free step of a lookup found.
 enum Before {
@@ -27,9 +28,23 @@ enum Before {
 struct Ask {
     namespace: String,
     query: String,
+    /// `keys::query_id` of the normalised query: what refusals are recorded under.
+    query_id: u64,
     scope: BTreeMap<String, String>,
+    /// Static mode: the similarity threshold. Verified mode: the floor below which nothing is
+    /// served (the namespace's, or the request's threshold if higher).
     threshold: f32,
     guards: bool,
+    /// Verified mode: the namespace (its model and budget) and its error bound.
+    verified: Option<(Arc<NamespaceState>, f64)>,
+}
+
+/// A candidate still worth considering: live, and not refused for this query.
+struct Live {
+    id: u64,
+    similarity: f32,
+    answer: u64,
+    offset: Offset,
 }
 
 impl Cache {
@@ -48,6 +63,9 @@ impl Cache {
         Counters::bump(&self.totals.lookups);
         if let Some(ns) = &ns {
             Counters::bump(&ns.counters.lookups);
+            if let Some(delta) = ns.error_bound() {
+                ns.model.budget.count_lookup(delta);
+            }
         }
         let normalized = normalize(&req.query);
         let outcome = match &ns {
@@ -67,20 +85,29 @@ impl Cache {
 
     async fn find(
         self: &Arc<Self>,
-        ns: &NamespaceState,
+        ns: &Arc<NamespaceState>,
         req: LookupRequest,
         normalized: String,
         context: Option<String>,
     ) -> Result<LookupOutcome, CacheError> {
         let (threshold, floor, guards) =
             ns.read(|r| (r.similarity_threshold, r.threshold_floor, r.hit_guards.unwrap_or(self.defaults.hit_guards)));
-        let ask = Ask {
+        let delta = ns.error_bound();
+        let verified = delta.is_some();
+        let threshold = match (verified, req.similarity_threshold) {
             // A per-request threshold may be stricter than the namespace's, never laxer than its floor.
-            threshold: req.similarity_threshold.map_or(threshold, |t| t.max(floor)),
+            (false, requested) => requested.map_or(threshold, |t| t.max(floor)),
+            // Verified mode decides by what it learned; a request's threshold only adds a floor.
+            (true, requested) => requested.unwrap_or(0.0).max(floor),
+        };
+        let ask = Ask {
+            threshold,
             scope: context::scoped(req.scope, context),
             namespace: req.namespace,
             query: req.query,
+            query_id: keys::query_id(&normalized),
             guards,
+            verified: delta.map(|d| (ns.clone(), d)),
         };
         let first = ask.clone();
         let partition = match self.blocking("Lookup", move |c| c.before_model(&first, &normalized)).await? {
@@ -122,35 +149,70 @@ impl Cache {
         Ok(self.store.get_entry(&ns, id)?.filter(|e| e.is_live(now) && &e.scope == scope))
     }
 
-    /// The nearest live entry of the partition, served if it clears the threshold and the
-    /// guards.
+    /// The nearest live entry of the partition that is not refused for this query, served if
+    /// it clears the threshold (static mode) or the error budget (verified mode) and the guards.
     fn nearest(&self, ask: &Ask, partition: &Partition, vector: &[f32]) -> Result<LookupOutcome, CacheError> {
         let mut outcome =
             LookupOutcome { threshold: ask.threshold, miss_reason: MissReason::Empty, ..Default::default() };
         let now = self.now();
         let candidates: Vec<Candidate> = partition.search(vector, CANDIDATES);
-        for c in candidates {
-            let Some(entry) = self.store.get_entry(&ask.namespace, c.id)? else { continue };
-            // Expired but not yet swept: never served.
+        let full = candidates.len() == CANDIDATES;
+        let known = self.ledger.candidates(candidates.iter().map(|c| c.id));
+        let screened = self.learning.screen(ask.query_id, candidates.iter().map(|c| c.id));
+        let live: Vec<Live> = candidates
+            .iter()
+            .zip(known)
+            .zip(screened)
+            .filter_map(|((c, known), offset)| {
+                let (expires_at, answer) = known?;
+                // Expired but not yet swept: never served.
+                (expires_at == 0 || expires_at > now).then_some(Live {
+                    id: c.id,
+                    similarity: c.similarity.clamp(-1.0, 1.0),
+                    answer,
+                    offset: offset?,
+                })
+            })
+            .collect();
+        for (i, candidate) in live.iter().enumerate() {
+            let Some(entry) = self.store.get_entry(&ask.namespace, candidate.id)? else { continue };
             if !entry.is_live(now) || entry.scope != ask.scope {
                 continue;
             }
-            let similarity = c.similarity.clamp(-1.0, 1.0);
-            if outcome.nearest_id.is_none() {
-                outcome.similarity = similarity;
-                outcome.nearest_id = Some(entry.id);
-                outcome.miss_reason = MissReason::BelowThreshold;
-            }
-            if similarity < ask.threshold {
-                break;
+            outcome.similarity = candidate.similarity;
+            outcome.nearest_id = Some(entry.id);
+            outcome.miss_reason = MissReason::BelowThreshold;
+            if candidate.similarity < ask.threshold {
+                return Ok(outcome);
             }
             // A vetoed nearest entry is a miss: the candidates behind it are further from the
             // query and, measured on every data set, served more wrong answers than right ones.
             if ask.guards {
                 if let Some(veto) = guard::check(&guard::Words::of(&ask.query), &guard::Words::of(&entry.query)) {
-                    outcome.veto = Some(GuardVeto { id: entry.id, similarity, veto });
+                    outcome.veto = Some(GuardVeto { id: entry.id, similarity: candidate.similarity, veto });
                     outcome.miss_reason = MissReason::Vetoed;
-                    break;
+                    return Ok(outcome);
+                }
+            }
+            if let Some((ns, delta)) = &ask.verified {
+                if candidate.similarity < EXPLORE_MIN_SIMILARITY {
+                    return Ok(outcome);
+                }
+                let neighbours: Vec<(f32, u64)> = live[i..].iter().map(|c| (c.similarity, c.answer)).collect();
+                let features = Features::of(&neighbours, full).expect("the nearest is among them");
+                let prediction = ns.model.fit.read().predict(&features, candidate.offset, ns.model.calibration());
+                let audit = match ns.model.budget.decide(prediction, *delta) {
+                    Decision::Serve => None,
+                    Decision::Explore => Some(0.0),
+                    // Recorded with what the model expected, so the audits can be scored.
+                    Decision::Audit => Some((prediction.model_p_wrong as f32).max(f32::MIN_POSITIVE)),
+                };
+                if let Some(audit_p_wrong) = audit {
+                    outcome.miss_reason = MissReason::Explore;
+                    let signer = &self.learning.signer;
+                    let token = signer.issue(&ask.namespace, entry.id, ask.query_id, features, audit_p_wrong, now);
+                    outcome.probe_token = Some(token);
+                    return Ok(outcome);
                 }
             }
             outcome.miss_reason = MissReason::None;

@@ -94,6 +94,9 @@ fn lifecycle(cache: &Cache, stop: &Stop, settings: MaintenanceSettings) {
             Ok(n) => tracing::debug!(entries = n, "expired entries purged"),
             Err(e) => tracing::error!(error = %e, "expiry sweep failed"),
         }
+        if let Err(e) = cache.sweep_probes() {
+            tracing::error!(error = %e, "could not forget expired probe tokens");
+        }
         match cache.enforce_capacity() {
             Ok(0) => {}
             Ok(n) => tracing::info!(entries = n, "entries evicted to stay within capacity"),

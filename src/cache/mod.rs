@@ -17,14 +17,17 @@ mod delete;
 mod error;
 mod export;
 pub mod guard;
+pub mod learner;
 mod ledger;
 mod lookup;
 mod maintenance;
 mod namespaces;
 mod open;
+pub mod probe;
 pub mod reembed;
 mod types;
 pub mod validate;
+mod verified;
 mod write;
 
 #[cfg(test)]
@@ -34,8 +37,9 @@ pub use error::CacheError;
 pub use maintenance::{Maintenance, MaintenanceSettings};
 pub use open::Settings;
 pub use types::{
-    Defaults, DeleteTarget, Entry, GuardVeto, LookupOutcome, LookupRequest, MissReason, NamespaceUpdate, NamespaceView,
-    Stats, StoreRequest, Usage, Veto,
+    Defaults, DeleteTarget, Entry, Evidence, Features, FeedbackOutcome, FeedbackRequest, GuardVeto, LookupOutcome,
+    LookupRequest, MissReason, NamespaceUpdate, NamespaceView, Observation, Source, Stats, StoreRequest, Stored, Usage,
+    Veto, DEFAULT_PROBE_TTL_SECONDS,
 };
 pub use validate::{Limits, ValidationError};
 
@@ -51,6 +55,7 @@ use open::IdAllocator;
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::collections::HashMap;
 use std::sync::Arc;
+use verified::Learning;
 
 /// Similarity threshold of a namespace created without one: with hit guards on, the threshold
 /// that maximises F0.5 (precision weighted over recall, since a wrong answer costs more than a
@@ -71,6 +76,8 @@ pub struct Cache {
     embedder: Arc<dyn Embed>,
     clock: Arc<dyn Clock>,
     ledger: Ledger,
+    /// Verified mode: per-entry evidence and the probe tokens.
+    learning: Learning,
     namespaces: RwLock<HashMap<String, Arc<NamespaceState>>>,
     /// Serialises namespace creation and reconfiguration (each is one synced write).
     configure: Mutex<()>,
@@ -162,10 +169,11 @@ impl Cache {
         stripes.iter().map(|&s| self.stripes[s].lock()).collect()
     }
 
-    /// Drops a deleted entry from the index and the ledger.
+    /// Drops a deleted entry from the index, the ledger and what was learned about it.
     fn forget(&self, entry: &EntryRecord) {
         self.index.remove(&entry.namespace, &keys::scope_id(&entry.scope), entry.id);
         self.ledger.remove(entry.id);
+        self.learning.forget(entry.id, self.namespace(&entry.namespace).as_deref());
     }
 
     /// Entries in RocksDB's catalog as the ledger counts them (for checks against the index).

@@ -2,6 +2,7 @@
 //! Store, and their configuration.
 
 use super::counters::Counters;
+use super::verified::NamespaceModel;
 use super::{validate, Cache, CacheError, Defaults, NamespaceUpdate, NamespaceView};
 use crate::store::NamespaceRecord;
 use parking_lot::RwLock;
@@ -13,11 +14,24 @@ pub(super) struct NamespaceState {
     /// Set when its vectors came from another model than the one loaded: its partitions
     /// are not loaded and Lookup/Store are refused until `semcache reembed`.
     pub stale_model: Option<String>,
+    /// What verified mode learned here (kept in static mode too, so switching is warm).
+    pub model: NamespaceModel,
 }
 
 impl NamespaceState {
     pub fn new(settings: NamespaceRecord, stale_model: Option<String>) -> Arc<Self> {
-        Arc::new(Self { settings: RwLock::new(settings), counters: Counters::default(), stale_model })
+        Arc::new(Self {
+            settings: RwLock::new(settings),
+            counters: Counters::default(),
+            stale_model,
+            model: NamespaceModel::default(),
+        })
+    }
+
+    /// Verified mode's error bound, or `None` in static mode.
+    pub fn error_bound(&self) -> Option<f64> {
+        let delta = self.read(|r| r.error_bound);
+        (delta > 0.0).then_some(f64::from(delta))
     }
 
     pub fn settings(&self) -> NamespaceRecord {
@@ -40,6 +54,7 @@ pub(super) fn default_record(name: &str, defaults: Defaults, model: &str, now: i
         created_at_unix_ms: now,
         threshold_floor: 0.0,
         hit_guards: None,
+        error_bound: 0.0,
     }
 }
 
@@ -91,6 +106,9 @@ impl Cache {
         if let Some(f) = update.threshold_floor {
             validate::floor(f)?;
         }
+        if let Some(delta) = update.error_bound {
+            validate::error_bound(delta)?;
+        }
         self.blocking("ConfigureNamespace", move |this| this.configure_blocking(&update)).await
     }
 
@@ -113,6 +131,9 @@ impl Cache {
             }
             if let Some(on) = update.hit_guards {
                 record.hit_guards = Some(on);
+            }
+            if let Some(delta) = update.error_bound {
+                record.error_bound = delta;
             }
             validate::threshold_above_floor(
                 &record.name,

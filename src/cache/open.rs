@@ -3,6 +3,7 @@
 
 use super::ledger::{Ledger, Meta};
 use super::namespaces::{default_record, NamespaceState};
+use super::verified::Learning;
 use super::{Cache, CacheError, Defaults, Limits, STRIPES};
 use crate::clock::Clock;
 use crate::embed::Embed;
@@ -118,8 +119,10 @@ impl Cache {
             "index restored"
         );
 
+        let learning = Learning::open(&store, &namespaces, defaults.probe_ttl_seconds)?;
         let first = store.id_high_water()?.max(max_id + 1).max(1);
         Ok(Self {
+            learning,
             ids: IdAllocator::starting_at(first),
             store,
             index,

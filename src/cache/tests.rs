@@ -81,7 +81,7 @@ fn lookup_req(ns: &str, query: &str) -> LookupRequest {
 
 impl Fixture {
     async fn store(&self, req: StoreRequest) -> u64 {
-        self.cache.store(req).await.unwrap()
+        self.cache.store(req).await.unwrap().id
     }
 
     async fn lookup(&self, ns: &str, query: &str) -> LookupOutcome {
@@ -281,4 +281,205 @@ async fn export_and_delete_see_the_same_live_entries() {
     assert!(matches!(e, CacheError::InvalidArgument(_)));
     assert_eq!(f.cache.drop_namespace("ns".into()).await.unwrap(), 2);
     assert!(f.cache.get_namespace("ns").is_err());
+}
+
+async fn make_verified(f: &Fixture, ns: &str, delta: f32) {
+    let update = NamespaceUpdate { name: ns.into(), error_bound: Some(delta), ..Default::default() };
+    f.cache.configure_namespace(update).await.unwrap();
+}
+
+/// Stores with the token of an EXPLORE, as a gateway does after calling its LLM.
+async fn store_probed(f: &Fixture, ns: &str, query: &str, response: &str, token: &str) -> Result<Stored, CacheError> {
+    let req = StoreRequest { probe_token: token.into(), ..store_req(ns, query, response) };
+    f.cache.store(req).await
+}
+
+#[tokio::test]
+async fn an_explore_is_judged_once_by_its_store_and_nothing_else_teaches() {
+    let f = fixture();
+    make_verified(&f, "v", 0.01).await;
+    f.store(store_req("v", "how do i reset my password", "Settings > Security")).await;
+    let r = f.lookup("v", "how do i reset my password now").await;
+    assert_eq!(r.miss_reason, MissReason::Explore, "a new namespace trusts nothing yet: {r:?}");
+    let token = r.probe_token.clone().expect("an EXPLORE carries a token");
+
+    // Misdirected tokens teach nothing and are refused precisely.
+    let e = store_probed(&f, "other", "how do i reset my password now", "x", &token).await.unwrap_err();
+    assert!(matches!(e, CacheError::Probe(probe::ProbeError::OtherNamespace)), "{e}");
+    let e = store_probed(&f, "v", "something else entirely", "x", &token).await.unwrap_err();
+    assert!(matches!(e, CacheError::Probe(probe::ProbeError::OtherQuery)), "{e}");
+    let e = store_probed(&f, "v", "how do i reset my password now", "x", "bm90IGEgdG9rZW4").await.unwrap_err();
+    assert!(matches!(e, CacheError::Probe(probe::ProbeError::Forged)), "{e}");
+    assert_eq!(f.cache.stats("v").unwrap().probes_correct + f.cache.stats("v").unwrap().probes_wrong, 0);
+
+    // The fresh answer equals the cached one after normalisation: right.
+    let stored =
+        store_probed(&f, "v", "how do i reset my password now", " settings > security. ", &token).await.unwrap();
+    assert_eq!(stored.probe_correct, Some(true));
+    let e = store_probed(&f, "v", "how do i reset my password now", "again", &token).await.unwrap_err();
+    assert!(matches!(e, CacheError::Probe(probe::ProbeError::Used)), "{e}");
+    let stats = f.cache.stats("v").unwrap();
+    assert_eq!((stats.explores, stats.probes_correct, stats.probes_wrong), (1, 1, 0));
+
+    // A token outlives nothing: past its lifetime it is refused, and teaches nothing.
+    let r = f.lookup("v", "how do i reset my password today").await;
+    let token = r.probe_token.expect("still exploring");
+    f.clock.advance_ms(DEFAULT_PROBE_TTL_SECONDS as i64 * 1000);
+    let e = store_probed(&f, "v", "how do i reset my password today", "x", &token).await.unwrap_err();
+    assert!(matches!(e, CacheError::Probe(probe::ProbeError::Expired { .. })), "{e}");
+    assert_eq!(f.cache.stats("v").unwrap().probes_correct, 1);
+    let e = f.cache.store(StoreRequest { probe_verdict: Some(true), ..store_req("v", "q", "r") }).await.unwrap_err();
+    assert!(matches!(e, CacheError::InvalidArgument(_)), "a verdict without a token: {e}");
+}
+
+/// Four intents, each asked many ways; the gateway's "LLM" answers with the intent.
+fn intent_stream() -> Vec<(String, &'static str)> {
+    let intents = [
+        (
+            "reset password",
+            ["how do i reset my password", "i forgot my password", "password reset help", "change my password please"],
+        ),
+        ("track order", ["where is my order", "track my order", "order status please", "has my order shipped"]),
+        (
+            "refund",
+            ["how do i get a refund", "i want my money back", "refund my purchase", "can i return this for a refund"],
+        ),
+        (
+            "delete account",
+            ["delete my account", "close my account", "how do i remove my account", "cancel my account forever"],
+        ),
+    ];
+    let tails = ["", " now", " today", " please", " quickly", " thanks", " asap", " again"];
+    let mut out = Vec::new();
+    for tail in tails {
+        for (answer, asks) in &intents {
+            for ask in asks {
+                out.push((format!("{ask}{tail}"), *answer));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn verified_mode_learns_to_serve_and_stays_within_its_bound() {
+    let f = fixture();
+    make_verified(&f, "v", 0.05).await;
+    let stream = intent_stream();
+    let (mut hits, mut wrong, mut explores, mut late_hits) = (0, 0, 0, 0);
+    for (i, (query, answer)) in stream.iter().enumerate() {
+        let r = f.lookup("v", query).await;
+        if let Some(entry) = &r.entry {
+            hits += 1;
+            wrong += usize::from(entry.response != *answer);
+            late_hits += usize::from(i >= stream.len() / 2);
+            continue;
+        }
+        explores += usize::from(r.miss_reason == MissReason::Explore);
+        let req = StoreRequest { probe_token: r.probe_token.unwrap_or_default(), ..store_req("v", query, answer) };
+        f.cache.store(req).await.unwrap();
+    }
+    let n = stream.len();
+    assert!(explores > 0 && late_hits > 0, "it explored ({explores}) and then served ({late_hits} late hits)");
+    assert!(wrong as f64 <= 0.05 * n as f64, "{wrong} wrong of {n} lookups ({hits} hits)");
+    let stats = f.cache.stats("v").unwrap();
+    assert!(stats.probes_correct > 0 && stats.estimated_error_rate <= 0.05, "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_hit_reported_wrong_is_never_served_for_that_query_again() {
+    let f = fixture();
+    let id = f.store(store_req("ns", "how do i reset my password", "Settings")).await;
+    let query = "how do i reset my password twice";
+    assert!(f.lookup("ns", query).await.hit());
+    let feedback = |query: &str, correct| FeedbackRequest {
+        namespace: "ns".into(),
+        entry_id: id.to_string(),
+        query: query.into(),
+        correct,
+    };
+    let out = f.cache.feedback(feedback(query, false)).await.unwrap();
+    assert_eq!(out, FeedbackOutcome { observations: 1, deleted: false });
+    assert!(!f.lookup("ns", query).await.hit(), "refused for that query");
+    assert!(!f.lookup("ns", "  HOW do i reset my password twice ").await.hit(), "in any spelling");
+    assert!(f.lookup("ns", "how do i reset my password again").await.hit(), "other queries still hit");
+    let out = f.cache.feedback(feedback("how do i reset my password again", true)).await.unwrap();
+    assert_eq!(out.observations, 2);
+    let stats = f.cache.stats("ns").unwrap();
+    assert_eq!((stats.feedback_correct, stats.feedback_wrong), (1, 1));
+
+    let e = f.cache.feedback(FeedbackRequest { entry_id: "999".into(), ..feedback(query, true) }).await.unwrap_err();
+    assert!(matches!(e, CacheError::EntryNotFound { .. }), "{e}");
+    let e = f.cache.feedback(FeedbackRequest { namespace: "none".into(), ..feedback(query, true) }).await.unwrap_err();
+    assert!(matches!(e, CacheError::NamespaceNotFound(_)), "{e}");
+    // Wrong for its own question: no query should get it, so it goes.
+    let out = f.cache.feedback(feedback("How do I reset my password", false)).await.unwrap();
+    assert!(out.deleted);
+    assert!(f.cache.get_namespace("ns").unwrap().entries == 0);
+}
+
+#[tokio::test]
+async fn what_was_learned_survives_a_restart_and_goes_with_its_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let open = || {
+        let settings =
+            Settings { index: IndexParams::default(), defaults: Defaults::default(), limits: Limits::default() };
+        // The blocking pool may still hold the last operation's clone of a dropped cache for a
+        // moment, and with it RocksDB's lock.
+        let store = (0..200)
+            .find_map(|_| match Store::open(dir.path()) {
+                Ok(store) => Some(store),
+                Err(_) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    None
+                }
+            })
+            .expect("the data dir is released");
+        Arc::new(Cache::open(store, Words::new(), settings, clock.clone()).unwrap())
+    };
+    let evidence_of = |cache: &Cache| {
+        let mut all = Vec::new();
+        cache
+            .export("v", |e| {
+                all.push((e.query, e.evidence));
+                true
+            })
+            .unwrap();
+        all
+    };
+    let (before, token) = {
+        let cache = open();
+        let update = NamespaceUpdate { name: "v".into(), error_bound: Some(0.01), ..Default::default() };
+        cache.configure_namespace(update).await.unwrap();
+        cache.store(store_req("v", "where is my order", "tracking")).await.unwrap();
+        let r = cache.lookup(lookup_req("v", "where is my order now")).await.unwrap();
+        let token = r.probe_token.unwrap();
+        let probed =
+            StoreRequest { probe_token: token.clone(), ..store_req("v", "where is my order now", "elsewhere") };
+        assert_eq!(cache.store(probed).await.unwrap().probe_correct, Some(false));
+        (evidence_of(&cache), token)
+    };
+    assert_eq!(before[0].1.observations.len(), 1, "{before:?}");
+    assert!(!before[0].1.observations[0].correct);
+    let cache = open();
+    assert_eq!(evidence_of(&cache), before, "evidence is back after a restart");
+    let again = StoreRequest { probe_token: token, ..store_req("v", "where is my order now", "elsewhere") };
+    let e = cache.store(again).await.unwrap_err();
+    assert!(matches!(e, CacheError::Probe(probe::ProbeError::Used)), "a used token stays used: {e}");
+    // Imported evidence comes back as exported.
+    let imported = StoreRequest { evidence: before[0].1.clone(), ..store_req("w", "where is my order", "tracking") };
+    cache.store(imported).await.unwrap();
+    let mut got = Vec::new();
+    cache
+        .export("w", |e| {
+            got.push(e.evidence);
+            true
+        })
+        .unwrap();
+    assert_eq!(got, [before[0].1.clone()]);
+    cache.delete("v".into(), DeleteTarget::All).await.unwrap();
+    drop(cache);
+    let cache = open();
+    assert!(evidence_of(&cache).is_empty(), "deleted with its entry");
 }

@@ -4,6 +4,8 @@
 
 use super::context;
 use crate::store::{EntryRecord, NamespaceRecord};
+
+pub use super::learner::{Features, Source};
 use std::collections::BTreeMap;
 
 pub use super::guard::Veto;
@@ -27,6 +29,32 @@ pub struct Entry {
     pub usage: Usage,
     /// Hits so far (the one being answered included).
     pub hit_count: u64,
+    /// What verified mode learned about it (filled by Export).
+    pub evidence: Evidence,
+}
+
+/// What the cache learned about one entry.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Evidence {
+    pub observations: Vec<Observation>,
+    /// `store::keys::query_id` of the normalised queries it must never answer.
+    pub refused_queries: Vec<u64>,
+}
+
+impl Evidence {
+    pub fn is_empty(&self) -> bool {
+        self.observations.is_empty() && self.refused_queries.is_empty()
+    }
+}
+
+/// One judged lookup.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observation {
+    pub features: Features,
+    pub correct: bool,
+    pub source: Source,
+    /// An audit's P(wrong) as the model gave it (0: not an audit).
+    pub audit_p_wrong: f32,
 }
 
 impl Entry {
@@ -48,6 +76,7 @@ impl Entry {
                 cost_usd: record.cost_usd,
             },
             hit_count,
+            evidence: Evidence::default(),
         }
     }
 }
@@ -63,11 +92,22 @@ pub struct Defaults {
     pub max_bytes: u64,
     /// Whether namespaces that never chose have hit guards on.
     pub hit_guards: bool,
+    /// How long a probe token of verified mode stays valid.
+    pub probe_ttl_seconds: u64,
 }
+
+/// A probe token's default lifetime: longer than any LLM call a gateway waits for.
+pub const DEFAULT_PROBE_TTL_SECONDS: u64 = 600;
 
 impl Default for Defaults {
     fn default() -> Self {
-        Self { similarity_threshold: super::DEFAULT_THRESHOLD, ttl_seconds: 0, max_bytes: 0, hit_guards: true }
+        Self {
+            similarity_threshold: super::DEFAULT_THRESHOLD,
+            ttl_seconds: 0,
+            max_bytes: 0,
+            hit_guards: true,
+            probe_ttl_seconds: DEFAULT_PROBE_TTL_SECONDS,
+        }
     }
 }
 
@@ -95,6 +135,9 @@ pub enum MissReason {
     Vetoed,
     /// A generic follow-up ("why?") without a context to give it a meaning.
     NeedsContext,
+    /// Verified mode: the nearest entry may be right, but not surely enough to serve; the
+    /// outcome carries a probe token.
+    Explore,
 }
 
 /// The nearest entry, which cleared the threshold and was refused by a guard.
@@ -118,6 +161,8 @@ pub struct LookupOutcome {
     pub miss_reason: MissReason,
     /// Whether the answer came from the exact-repeat path without running the model.
     pub exact: bool,
+    /// Set iff `miss_reason` is `Explore`.
+    pub probe_token: Option<String>,
 }
 
 impl LookupOutcome {
@@ -144,6 +189,37 @@ pub struct StoreRequest {
     pub usage: Usage,
     pub context: Vec<String>,
     pub context_key: String,
+    /// The token of the Lookup that answered EXPLORE for this query ("" = none).
+    pub probe_token: String,
+    /// The caller's judgement of the probed answer; `None`: compare the answers.
+    pub probe_verdict: Option<bool>,
+    /// What an exported entry had learned (imports).
+    pub evidence: Evidence,
+}
+
+/// What a Store did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub id: u64,
+    /// With a probe token: whether the probed answer was judged right (`None` when that entry
+    /// has gone since).
+    pub probe_correct: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FeedbackRequest {
+    pub namespace: String,
+    pub entry_id: String,
+    pub query: String,
+    pub correct: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedbackOutcome {
+    /// The entry's observations, this one included.
+    pub observations: u32,
+    /// Reported wrong for its own query (or for too many queries): the entry is gone.
+    pub deleted: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +237,7 @@ pub struct NamespaceUpdate {
     pub max_entries: Option<u64>,
     pub threshold_floor: Option<f32>,
     pub hit_guards: Option<bool>,
+    pub error_bound: Option<f32>,
 }
 
 #[derive(Debug, Clone)]
@@ -188,4 +265,12 @@ pub struct Stats {
     pub saved_input_tokens: u64,
     pub saved_output_tokens: u64,
     pub saved_cost_usd: f64,
+    /// Verified mode: lookups answered EXPLORE, probes judged right and wrong, Feedback calls.
+    pub explores: u64,
+    pub probes_correct: u64,
+    pub probes_wrong: u64,
+    pub feedback_correct: u64,
+    pub feedback_wrong: u64,
+    /// The learned model's estimate of wrong hits per verified lookup since start.
+    pub estimated_error_rate: f64,
 }

@@ -183,6 +183,18 @@ pub fn floor(value: f32) -> Checked {
     Ok(())
 }
 
+/// Verified mode's error bound: a share of lookups, 0 for static mode.
+pub fn error_bound(value: f32) -> Checked {
+    if value.is_nan() || !(0.0..0.5).contains(&value) {
+        return Err(ValidationError::new(
+            "error_bound",
+            format!("is {value}"),
+            "it must be a number in [0, 0.5): the share of lookups that may be answered wrongly, e.g. 0.01; 0 = the static threshold",
+        ));
+    }
+    Ok(())
+}
+
 /// A namespace's threshold may not go below its floor. `floor_changed` says which of the two
 /// the caller is setting, so that the refusal names the one to change.
 pub fn threshold_above_floor(namespace: &str, threshold: f32, floor: f32, floor_changed: bool) -> Checked {

@@ -3,9 +3,11 @@
 
 use super::counters::Counters;
 use super::ledger::{Meta, Victim};
-use super::{context, exact_key_of, validate, Cache, CacheError, StoreRequest, ValidationError};
+use super::probe::Probe;
+use super::verified::{from_domain, Judged};
+use super::{context, exact_key_of, validate, Cache, CacheError, StoreRequest, Stored, ValidationError};
 use crate::store::{keys, EntryRecord};
-use crate::text::normalize;
+use crate::text::{normalize, normalize_answer};
 use prost::Message;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,8 +16,9 @@ use std::sync::Arc;
 const ENTRY_OVERHEAD_BYTES: u64 = 128;
 
 impl Cache {
-    /// Caches a response; returns the new entry's id once it is durable.
-    pub async fn store(self: &Arc<Self>, mut req: StoreRequest) -> Result<u64, CacheError> {
+    /// Caches a response; returns the new entry's id once it is durable, and with a probe
+    /// token what was learned from it.
+    pub async fn store(self: &Arc<Self>, mut req: StoreRequest) -> Result<Stored, CacheError> {
         validate::namespace(&req.namespace)?;
         validate::text("query", &req.query, self.limits.max_query_bytes, "--max-query-bytes")?;
         validate::text("response", &req.response, self.limits.max_response_bytes, "--max-response-bytes")?;
@@ -31,19 +34,69 @@ impl Cache {
             )
             .into());
         }
+        if req.probe_token.is_empty() && req.probe_verdict.is_some() {
+            return Err(ValidationError::new(
+                "probe_verdict",
+                "is set without a probe_token",
+                "send the probe_token of the Lookup that answered EXPLORE with it, or leave probe_verdict unset",
+            )
+            .into());
+        }
+        for o in &req.evidence.observations {
+            if !(-1.0..=1.0).contains(&o.features.similarity) || !(0.0..=2.0).contains(&o.features.margin) {
+                return Err(ValidationError::new(
+                    "evidence.observations",
+                    format!("holds similarity {} and margin {}", o.features.similarity, o.features.margin),
+                    "a similarity must be in [-1, 1] and a margin in [0, 2]",
+                )
+                .into());
+            }
+        }
         match self.namespace(&req.namespace) {
             Some(ns) => self.usable(&ns, &req.namespace)?,
             // Refused before the model's work; checked again when the namespace is created.
             None => self.room_for_namespace(&req.namespace)?,
         }
+        // Checked before the model's work too, and claimed only with the write.
+        let probe = match req.probe_token.as_str() {
+            "" => None,
+            token => Some(self.open_probe(&req.namespace, &req.query, token)?),
+        };
         let vector = self.embed(&req.query).await?;
         req.scope = context::scoped(std::mem::take(&mut req.scope), context);
-        self.blocking("Store", move |this| this.store_blocking(req, vector)).await
+        self.blocking("Store", move |this| this.store_probed(req, vector, probe)).await
+    }
+
+    /// Judges the probe (claiming its token), then stores; the claim is given back if the
+    /// Store fails, so the gateway may retry with the same token.
+    fn store_probed(&self, req: StoreRequest, vector: Vec<f32>, probe: Option<Probe>) -> Result<Stored, CacheError> {
+        let judged = match probe {
+            Some(probe) => Some(self.judge(&req.namespace, probe, &req.response, req.probe_verdict)?),
+            None => None,
+        };
+        let claimed = judged.as_ref().map(|j| j.probe);
+        let stored = self.store_blocking(req, vector, judged);
+        if let (Err(_), Some(probe)) = (&stored, claimed) {
+            self.learning.signer.release(&probe);
+        }
+        stored
     }
 
     /// `req.scope` here already holds the context key.
-    fn store_blocking(&self, req: StoreRequest, vector: Vec<f32>) -> Result<u64, CacheError> {
+    fn store_blocking(
+        &self,
+        req: StoreRequest,
+        vector: Vec<f32>,
+        judged: Option<Judged>,
+    ) -> Result<Stored, CacheError> {
         let now = self.now();
+        let probe_correct = judged.as_ref().and_then(|j| j.learned.as_ref().map(|l| l.correct));
+        // An answer judged the same as the probed one joins its answer; otherwise its own.
+        let answer = match judged.as_ref().and_then(|j| j.learned.as_ref()).filter(|l| l.correct) {
+            Some(l) => l.answer,
+            None => keys::answer_id(&normalize_answer(&req.response)),
+        };
+        let imported = (!req.evidence.is_empty()).then(|| from_domain(&req.evidence));
         let ns = self.namespace_or_create(&req.namespace)?;
         let ttl = req.ttl_seconds.unwrap_or_else(|| ns.read(|r| r.ttl_seconds));
         let expires_at_unix_ms = match ttl {
@@ -76,6 +129,7 @@ impl Cache {
             last_used_unix_ms: now,
             hit_count: 0,
             size_bytes,
+            answer,
         };
 
         // Capacity is made room for in the same batch as the new entry, so that no reader
@@ -103,6 +157,17 @@ impl Cache {
         // The same question in the same scope replaces the older answer, in the same batch.
         let replaced = self.store.get_exact(&exact)?.map(|(_, old)| old);
         let mut batch = self.store.batch();
+        // Evidence first: a deletion later in the batch (the probed entry evicted or replaced)
+        // wins over it.
+        if let Some(j) = &judged {
+            batch.put_used_probe(j.probe.nonce, j.probe.expires_at_unix_ms);
+            if let Some(l) = &j.learned {
+                batch.put_evidence(&entry.namespace, l.entry, &l.evidence.to_record());
+            }
+        }
+        if let Some(evidence) = &imported {
+            batch.put_evidence(&entry.namespace, id, &evidence.to_record());
+        }
         batch.put_entry(&entry, &meta.to_record());
         batch.put_exact(&exact, &entry.namespace, id);
         if let Some(old) = replaced {
@@ -131,9 +196,15 @@ impl Cache {
             self.forget(victim);
             self.count(&victim.namespace, |c| &c.evictions);
         }
+        if let Some(j) = judged {
+            self.apply_judged(&ns, j);
+        }
+        if let Some(evidence) = imported {
+            self.apply_imported(&ns, id, evidence);
+        }
         Counters::bump(&self.totals.stores);
         Counters::bump(&ns.counters.stores);
-        Ok(id)
+        Ok(Stored { id, probe_correct })
     }
 
     /// The stored entries of victims, skipping those already gone.

@@ -115,15 +115,18 @@ struct NamespaceTable {
     threshold_floor: Option<Spanned<f32>>,
     #[serde(alias = "hit-guards")]
     hit_guards: Option<bool>,
+    #[serde(alias = "error-bound")]
+    error_bound: Option<Spanned<f32>>,
 }
 
 /// [`NamespaceTable`]'s fields.
-const NAMESPACE_KEYS: [Key; 5] = [
+const NAMESPACE_KEYS: [Key; 6] = [
     Key::new("similarity_threshold", Kind::Float),
     Key::new("ttl_seconds", Kind::Integer),
     Key::new("max_entries", Kind::Integer),
     Key::new("threshold_floor", Kind::Float),
     Key::new("hit_guards", Kind::Bool),
+    Key::new("error_bound", Kind::Float),
 ];
 
 /// `[tokens.NAME]`.
@@ -276,6 +279,9 @@ impl Resolved {
             }
             if let Some(g) = ns.hit_guards {
                 out.push_str(&format!("hit_guards = {g}\n"));
+            }
+            if let Some(d) = ns.error_bound {
+                out.push_str(&format!("error_bound = {d}\n"));
             }
         }
         let list = |l: &[String]| l.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ");
@@ -603,6 +609,9 @@ impl Source<'_> {
         if let Some(f) = floor {
             validate::floor(*f.get_ref()).map_err(|e| invalid(f, e))?;
         }
+        if let Some(d) = &table.error_bound {
+            validate::error_bound(*d.get_ref()).map_err(|e| invalid(d, e))?;
+        }
         if let (Some(t), Some(f)) = (threshold, floor) {
             validate::threshold_above_floor(name.get_ref(), *t.get_ref(), *f.get_ref(), false).map_err(|e| {
                 let value = if e.field == "threshold_floor" { f } else { t };
@@ -617,6 +626,7 @@ impl Source<'_> {
             max_entries: table.max_entries,
             threshold_floor: floor.map(|f| *f.get_ref()),
             hit_guards: table.hit_guards,
+            error_bound: table.error_bound.as_ref().map(|d| *d.get_ref()),
         })
     }
 
@@ -848,7 +858,7 @@ mod tests {
     fn namespaces_are_read_sorted_by_name() {
         let r = resolve_with(
             "[namespaces.support]\nsimilarity_threshold = 0.9\nttl_seconds = 3600\nmax_entries = 100000\n\
-             threshold_floor = 0.8\nhit_guards = true\n\
+             threshold_floor = 0.8\nhit_guards = true\nerror_bound = 0.01\n\
              [namespaces.\"faq.v2\"]\nsimilarity-threshold = 1\n[namespaces.billing]\n",
             &[],
         )
@@ -861,6 +871,7 @@ mod tests {
         assert_eq!(support.max_entries, Some(100_000));
         assert_eq!(support.threshold_floor, Some(0.8));
         assert_eq!(support.hit_guards, Some(true));
+        assert_eq!(support.error_bound, Some(0.01));
         assert_eq!(r.args.namespaces[1].similarity_threshold, Some(1.0), "an integer is a number");
         assert!(r.args.namespaces[0].similarity_threshold.is_none());
         let toml = r.to_toml();
@@ -923,6 +934,8 @@ mod tests {
             m.contains("namespaces.support.similarity_threshold: invalid value 1.5: it must be a number in (0, 1]"),
             "{m}"
         );
+        let (_, m) = refusal("[namespaces.support]\nerror_bound = 0.5");
+        assert!(m.contains("namespaces.support.error_bound") && m.contains("[0, 0.5)"), "{m}");
         let (_, m) = refusal("[namespaces.support]\nthreshold_floor = -0.5");
         assert!(m.contains("namespaces.support.threshold_floor: invalid value -0.5"), "{m}");
         let (_, m) = refusal("[namespaces.support]\nmax_entries = -3");

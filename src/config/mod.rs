@@ -143,6 +143,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SEMCACHE_DEFAULT_TTL_SECONDS", default_value_t = 0)]
     pub default_ttl_seconds: u64,
 
+    /// How long a verified-mode probe token (a Lookup's EXPLORE) may be sent back with a Store,
+    /// in seconds: longer than the slowest LLM call the gateway waits for.
+    #[arg(long, env = "SEMCACHE_PROBE_TTL_SECONDS", default_value_t = crate::cache::DEFAULT_PROBE_TTL_SECONDS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub probe_ttl_seconds: u64,
+
     /// Largest query accepted, in bytes.
     #[arg(long, env = "SEMCACHE_MAX_QUERY_BYTES", default_value_t = Limits::default().max_query_bytes)]
     pub max_query_bytes: usize,

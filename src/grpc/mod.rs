@@ -6,7 +6,7 @@ pub mod admission;
 pub mod auth;
 mod status;
 
-use crate::cache::{self, Cache, DeleteTarget, Entry, MissReason, NamespaceView};
+use crate::cache::{self, Cache, DeleteTarget, Entry, Evidence, MissReason, NamespaceView};
 use crate::metrics::Metrics;
 use crate::proto::{self as pb, semantic_cache_server::SemanticCache};
 use auth::{caller, Right};
@@ -55,6 +55,49 @@ fn entry_to_pb(e: Entry) -> pb::Entry {
         created_at_unix_ms: e.created_at_unix_ms,
         expires_at_unix_ms: e.expires_at_unix_ms,
         hit_count: e.hit_count,
+        evidence: (!e.evidence.is_empty()).then(|| evidence_to_pb(e.evidence)),
+    }
+}
+
+fn evidence_to_pb(e: Evidence) -> pb::Evidence {
+    pb::Evidence {
+        observations: e
+            .observations
+            .into_iter()
+            .map(|o| pb::Observation {
+                similarity: o.features.similarity,
+                margin: o.features.margin,
+                agreeing: o.features.agreeing,
+                correct: o.correct,
+                source: match o.source {
+                    cache::Source::Probe => pb::ObservationSource::Probe,
+                    cache::Source::Feedback => pb::ObservationSource::Feedback,
+                }
+                .into(),
+                audit_p_wrong: o.audit_p_wrong,
+            })
+            .collect(),
+        refused_queries: e.refused_queries,
+    }
+}
+
+fn evidence_from_pb(e: Option<pb::Evidence>) -> Evidence {
+    let Some(e) = e else { return Evidence::default() };
+    Evidence {
+        observations: e
+            .observations
+            .into_iter()
+            .map(|o| cache::Observation {
+                features: cache::Features { similarity: o.similarity, margin: o.margin, agreeing: o.agreeing },
+                correct: o.correct,
+                source: match o.source() {
+                    pb::ObservationSource::Feedback => cache::Source::Feedback,
+                    pb::ObservationSource::Probe | pb::ObservationSource::Unspecified => cache::Source::Probe,
+                },
+                audit_p_wrong: o.audit_p_wrong,
+            })
+            .collect(),
+        refused_queries: e.refused_queries,
     }
 }
 
@@ -68,6 +111,7 @@ fn namespace_to_pb(v: NamespaceView) -> pb::Namespace {
         embedding_model: v.settings.embedding_model,
         threshold_floor: v.settings.threshold_floor,
         hit_guards: v.hit_guards,
+        error_bound: v.settings.error_bound,
     }
 }
 
@@ -78,6 +122,7 @@ fn miss_reason_to_pb(reason: MissReason) -> pb::MissReason {
         MissReason::BelowThreshold => pb::MissReason::BelowThreshold,
         MissReason::Vetoed => pb::MissReason::Vetoed,
         MissReason::NeedsContext => pb::MissReason::NeedsContext,
+        MissReason::Explore => pb::MissReason::Explore,
     }
 }
 
@@ -152,6 +197,7 @@ impl SemanticCache for SemanticCacheService {
                 detail: v.veto.detail,
             }),
             miss_reason: miss_reason_to_pb(outcome.miss_reason).into(),
+            probe_token: outcome.probe_token.unwrap_or_default(),
         }))
     }
 
@@ -162,7 +208,7 @@ impl SemanticCache for SemanticCacheService {
         who.check(Right::Write, &r.namespace)?;
         let namespace = r.namespace.clone();
         let usage = r.usage.unwrap_or_default();
-        let id = self
+        let stored = self
             .cache
             .store(cache::StoreRequest {
                 namespace: r.namespace,
@@ -178,11 +224,40 @@ impl SemanticCache for SemanticCacheService {
                 },
                 context: r.context,
                 context_key: r.context_key,
+                probe_token: r.probe_token,
+                probe_verdict: r.probe_verdict,
+                evidence: evidence_from_pb(r.evidence),
             })
             .await
             .inspect_err(|e| tracing::debug!(rpc = "Store", %namespace, error = %e, "refused"))?;
-        tracing::debug!(rpc = "Store", %namespace, id, ms = started.elapsed().as_secs_f64() * 1e3);
-        Ok(Response::new(pb::StoreResponse { id: id.to_string() }))
+        tracing::debug!(
+            rpc = "Store",
+            %namespace,
+            id = stored.id,
+            probe_correct = ?stored.probe_correct,
+            ms = started.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(Response::new(pb::StoreResponse { id: stored.id.to_string(), probe_correct: stored.probe_correct }))
+    }
+
+    async fn feedback(&self, request: Request<pb::FeedbackRequest>) -> Result<Response<pb::FeedbackResponse>, Status> {
+        let who = caller(&request);
+        let r = request.into_inner();
+        // Feedback changes what the namespace serves: a write.
+        who.check(Right::Write, &r.namespace)?;
+        let namespace = r.namespace.clone();
+        let outcome = self
+            .cache
+            .feedback(cache::FeedbackRequest {
+                namespace: r.namespace,
+                entry_id: r.entry_id,
+                query: r.query,
+                correct: r.correct,
+            })
+            .await
+            .inspect_err(|e| tracing::debug!(rpc = "Feedback", %namespace, error = %e, "refused"))?;
+        tracing::debug!(rpc = "Feedback", %namespace, correct = r.correct, deleted = outcome.deleted);
+        Ok(Response::new(pb::FeedbackResponse { observations: outcome.observations, deleted: outcome.deleted }))
     }
 
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
@@ -221,6 +296,7 @@ impl SemanticCache for SemanticCacheService {
                 max_entries: r.max_entries,
                 threshold_floor: r.threshold_floor,
                 hit_guards: r.hit_guards,
+                error_bound: r.error_bound,
             })
             .await?;
         Ok(Response::new(namespace_to_pb(view)))
@@ -269,6 +345,12 @@ impl SemanticCache for SemanticCacheService {
             saved_input_tokens: s.saved_input_tokens,
             saved_output_tokens: s.saved_output_tokens,
             saved_cost_usd: s.saved_cost_usd,
+            explores: s.explores,
+            probes_correct: s.probes_correct,
+            probes_wrong: s.probes_wrong,
+            feedback_correct: s.feedback_correct,
+            feedback_wrong: s.feedback_wrong,
+            estimated_error_rate: s.estimated_error_rate,
         }))
     }
 

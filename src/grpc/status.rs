@@ -31,6 +31,10 @@ impl From<CacheError> for Status {
             CacheError::InvalidArgument(_) => Status::invalid_argument(message),
             CacheError::NamespaceNotFound(_) | CacheError::EntryNotFound { .. } => Status::not_found(message),
             CacheError::ModelMismatch { .. } | CacheError::NotCacheable(_) => Status::failed_precondition(message),
+            // A forged or misdirected token is the caller's mistake; an expired or used one
+            // was valid once and is refused by the state of things.
+            CacheError::Probe(e) if e.is_invalid() => Status::invalid_argument(message),
+            CacheError::Probe(_) => Status::failed_precondition(message),
             // Not transient: retrying changes nothing until an operator acts.
             CacheError::LimitReached { .. } => Status::resource_exhausted(message),
             CacheError::Embed(e) => embed_status(e, message),
@@ -83,6 +87,13 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (EmbedError::NotReady.into(), Code::Unavailable),
+            (CacheError::Probe(crate::cache::probe::ProbeError::Forged), Code::InvalidArgument),
+            (CacheError::Probe(crate::cache::probe::ProbeError::OtherNamespace), Code::InvalidArgument),
+            (CacheError::Probe(crate::cache::probe::ProbeError::Used), Code::FailedPrecondition),
+            (
+                CacheError::Probe(crate::cache::probe::ProbeError::Expired { ago_ms: 5, ttl_s: 600 }),
+                Code::FailedPrecondition,
+            ),
             (EmbedError::Model("boom".into()).into(), Code::Internal),
             (CacheError::Internal("Lookup failed unexpectedly".into()), Code::Internal),
         ];

@@ -62,6 +62,42 @@ pub struct CatalogRecord {
     /// Stored size of the entry, counted against `--max-bytes`.
     #[prost(uint64, tag = "6")]
     pub size_bytes: u64,
+    /// Identity of the entry's answer (`keys::answer_id` of its normalised response, or the
+    /// answer of the entry a probe judged it equal to): verified mode counts near neighbours
+    /// that agree. 0 = unknown (entries stored before verified mode).
+    #[prost(fixed64, tag = "7")]
+    pub answer: u64,
+}
+
+/// What verified mode learned about one entry: the `evidence` column family, under the
+/// entry's key, written in the batch that taught it and deleted with the entry.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EvidenceRecord {
+    #[prost(message, repeated, tag = "1")]
+    pub observations: Vec<ObservationRecord>,
+    /// `keys::query_id` of queries this entry must never answer.
+    #[prost(fixed64, repeated, tag = "2")]
+    pub refused_queries: Vec<u64>,
+}
+
+/// One judged lookup: the features it was decided on and whether the answer was right.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct ObservationRecord {
+    #[prost(float, tag = "1")]
+    pub similarity: f32,
+    #[prost(float, tag = "2")]
+    pub margin: f32,
+    #[prost(uint32, tag = "3")]
+    pub agreeing: u32,
+    #[prost(bool, tag = "4")]
+    pub correct: bool,
+    /// 1 = a probe token, 2 = Feedback.
+    #[prost(uint32, tag = "5")]
+    pub source: u32,
+    /// For an audit (a would-be hit explored to check the model): the P(wrong) the model gave
+    /// it; 0 otherwise.
+    #[prost(float, tag = "6")]
+    pub audit_p_wrong: f32,
 }
 
 /// A namespace's settings.
@@ -86,6 +122,9 @@ pub struct NamespaceRecord {
     /// Hit guards; unset (namespaces made before guards existed) means the server default.
     #[prost(bool, optional, tag = "8")]
     pub hit_guards: Option<bool>,
+    /// Verified mode's bound on wrong answers per lookup; 0 = the static threshold.
+    #[prost(float, tag = "9")]
+    pub error_bound: f32,
 }
 
 #[cfg(test)]

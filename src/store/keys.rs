@@ -66,6 +66,25 @@ pub fn exact_key(namespace: &str, scope: &BTreeMap<String, String>, normalized: 
     h.finalize().into()
 }
 
+/// The first 8 bytes of a SHA-256, big-endian: stable across servers and releases, so it can
+/// be exported.
+fn short_hash(domain: &[u8], text: &str) -> u64 {
+    let mut h = Sha256::new();
+    h.update(domain);
+    h.update(text.as_bytes());
+    u64::from_be_bytes(h.finalize()[..8].try_into().expect("8 of 32 bytes"))
+}
+
+/// Identity of a normalised answer; never 0 (0 means unknown).
+pub fn answer_id(normalized_response: &str) -> u64 {
+    short_hash(b"answer\0", normalized_response).max(1)
+}
+
+/// Identity of a normalised query, for the queries an entry must never answer.
+pub fn query_id(normalized_query: &str) -> u64 {
+    short_hash(b"query\0", normalized_query)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,8 +5,10 @@
 //! (entry key -> [`CatalogRecord`]: partition, expiry, recency, size; what start-up reads),
 //! `exact` (hash of namespace, scope and normalised query -> entry key), `namespaces` (name ->
 //! [`NamespaceRecord`], with the fingerprint of the model its vectors came from) and `meta`
-//! (schema version, id high-water mark).
-//! An entry and its catalog row are always written and deleted in the same batch.
+//! (schema version, id high-water mark, the probe-token key), `evidence` (entry key ->
+//! [`EvidenceRecord`]: what verified mode learned about the entry) and `probes` (nonce of a
+//! used probe token -> its expiry, so a token is honoured once, across restarts too).
+//! An entry, its catalog row and its evidence are always deleted in the same batch.
 //!
 //! Durability: every acknowledged write goes through [`Store::write`] with `sync = true`, so
 //! the WAL is fsynced before the caller hears back. RocksDB joins concurrent writers into one
@@ -15,7 +17,7 @@
 pub mod codec;
 pub mod keys;
 
-pub use codec::{CatalogRecord, EntryRecord, NamespaceRecord};
+pub use codec::{CatalogRecord, EntryRecord, EvidenceRecord, NamespaceRecord, ObservationRecord};
 
 use prost::Message;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
@@ -29,19 +31,26 @@ const CF_CATALOG: &str = "catalog";
 const CF_EXACT: &str = "exact";
 const CF_NAMESPACES: &str = "namespaces";
 const CF_META: &str = "meta";
+const CF_EVIDENCE: &str = "evidence";
+const CF_PROBES: &str = "probes";
 /// All memtables together; see [`Store::open`].
 const MEMTABLE_BUDGET_BYTES: usize = 64 << 20;
 /// The block cache that every column family shares.
 const BLOCK_CACHE_BYTES: usize = 64 << 20;
 
-const COLUMN_FAMILIES: [&str; 5] = [CF_ENTRIES, CF_CATALOG, CF_EXACT, CF_NAMESPACES, CF_META];
+const COLUMN_FAMILIES: [&str; 7] = [CF_ENTRIES, CF_CATALOG, CF_EXACT, CF_NAMESPACES, CF_META, CF_EVIDENCE, CF_PROBES];
+/// What version 2 had; version 3 only added `evidence` and `probes`, so a version-2 data dir
+/// is upgraded in place by creating them.
+const COLUMN_FAMILIES_V2: [&str; 5] = [CF_ENTRIES, CF_CATALOG, CF_EXACT, CF_NAMESPACES, CF_META];
 
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_ID_HIGH_WATER: &[u8] = b"id_high_water";
+const META_PROBE_KEY: &[u8] = b"probe_key";
 
 /// Layout version of the data directory. Bump on any change an older reader would misread.
 /// 2: the `catalog` column family (version 1 was the unreleased vertical slice).
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: the `evidence` and `probes` column families (verified mode).
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -93,13 +102,21 @@ impl Store {
             cf
         };
         let cfs = COLUMN_FAMILIES.into_iter().map(|name| ColumnFamilyDescriptor::new(name, cf_options()));
+        let mut upgrade = false;
         if !is_new {
             let existing =
                 DB::list_cf(&opts, path).map_err(|source| StoreError::Rocks { path: path.to_owned(), source })?;
             if !existing.iter().any(|e| e == CF_META) {
                 return Err(StoreError::Foreign { path: path.to_owned() });
             }
-            if !COLUMN_FAMILIES.iter().all(|cf| existing.iter().any(|e| e == cf)) {
+            let has = |cfs: &[&str]| cfs.iter().all(|cf| existing.iter().any(|e| e == cf));
+            if !has(&COLUMN_FAMILIES)
+                && has(&COLUMN_FAMILIES_V2)
+                && Self::read_schema_readonly(path).as_deref() == Some("2")
+            {
+                upgrade = true;
+                opts.create_missing_column_families(true);
+            } else if !has(&COLUMN_FAMILIES) {
                 // Ours, but from another layout: read its version to say which.
                 return Err(StoreError::Schema {
                     path: path.to_owned(),
@@ -112,6 +129,10 @@ impl Store {
             .map_err(|source| StoreError::Rocks { path: path.to_owned(), source })?;
         let store = Store { db, path: path.to_owned() };
 
+        if upgrade {
+            store.put_meta(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+            tracing::info!(path = %path.display(), "data dir upgraded from schema version 2 to 3");
+        }
         match store.meta(META_SCHEMA)? {
             None if is_new => store.put_meta(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?,
             Some(v) if v.as_slice() == SCHEMA_VERSION.to_be_bytes() => {}
@@ -187,6 +208,42 @@ impl Store {
 
     pub fn set_id_high_water(&self, mark: u64) -> Result<(), StoreError> {
         self.put_meta(META_ID_HIGH_WATER, &mark.to_be_bytes())
+    }
+
+    /// The key that signs probe tokens: drawn from the OS's random source on first use and
+    /// kept in the data dir, so tokens stay valid across a restart and die with the data.
+    pub fn probe_key(&self) -> Result<[u8; 32], StoreError> {
+        if let Some(v) = self.meta(META_PROBE_KEY)? {
+            return v.as_slice().try_into().map_err(|_| self.corrupt(CF_META, META_PROBE_KEY, "expected 32 bytes"));
+        }
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key)
+            .map_err(|e| self.corrupt(CF_META, META_PROBE_KEY, format!("no random source: {e}")))?;
+        self.put_meta(META_PROBE_KEY, &key)?;
+        Ok(key)
+    }
+
+    /// Used probe tokens that have not expired: `(nonce, expires_at_unix_ms)`.
+    pub fn used_probes(&self) -> Result<Vec<(u64, i64)>, StoreError> {
+        self.db
+            .iterator_cf(self.cf(CF_PROBES), IteratorMode::Start)
+            .map(|item| {
+                let (k, v) = item.map_err(|e| self.rocks(e))?;
+                let nonce = <[u8; 8]>::try_from(k.as_ref()).map_err(|_| self.corrupt(CF_PROBES, &k, "bad key"))?;
+                let at = <[u8; 8]>::try_from(v.as_ref()).map_err(|_| self.corrupt(CF_PROBES, &k, "bad value"))?;
+                Ok((u64::from_be_bytes(nonce), i64::from_be_bytes(at)))
+            })
+            .collect()
+    }
+
+    /// Every evidence row: `(namespace, id, record)`.
+    pub fn scan_evidence(&self) -> impl Iterator<Item = Result<(String, u64, EvidenceRecord), StoreError>> + '_ {
+        self.db.iterator_cf(self.cf(CF_EVIDENCE), IteratorMode::Start).map(|item| {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            let (ns, id) = keys::parse_entry_key(&k).ok_or_else(|| self.corrupt(CF_EVIDENCE, &k, "bad key"))?;
+            let record = EvidenceRecord::decode(v.as_ref()).map_err(|e| self.corrupt(CF_EVIDENCE, &k, e))?;
+            Ok((ns.to_owned(), id, record))
+        })
     }
 
     pub fn get_entry(&self, namespace: &str, id: u64) -> Result<Option<EntryRecord>, StoreError> {
@@ -304,8 +361,24 @@ impl Batch<'_> {
         self.inner.put_cf(self.store.cf(CF_CATALOG), keys::entry_key(namespace, id), catalog.encode_to_vec());
     }
 
+    /// What verified mode learned about an entry (replacing what was there).
+    pub fn put_evidence(&mut self, namespace: &str, id: u64, evidence: &EvidenceRecord) {
+        self.inner.put_cf(self.store.cf(CF_EVIDENCE), keys::entry_key(namespace, id), evidence.encode_to_vec());
+    }
+
+    /// Marks a probe token used until it expires.
+    pub fn put_used_probe(&mut self, nonce: u64, expires_at_unix_ms: i64) {
+        self.inner.put_cf(self.store.cf(CF_PROBES), nonce.to_be_bytes(), expires_at_unix_ms.to_be_bytes());
+    }
+
+    /// Forgets a used token once it has expired (it is refused as expired from then on).
+    pub fn delete_used_probe(&mut self, nonce: u64) {
+        self.inner.delete_cf(self.store.cf(CF_PROBES), nonce.to_be_bytes());
+    }
+
     pub fn delete_entry(&mut self, namespace: &str, id: u64) {
         let key = keys::entry_key(namespace, id);
+        self.inner.delete_cf(self.store.cf(CF_EVIDENCE), &key);
         self.inner.delete_cf(self.store.cf(CF_CATALOG), &key);
         self.inner.delete_cf(self.store.cf(CF_ENTRIES), key);
     }
