@@ -13,13 +13,15 @@ use semcache::config::ServeArgs;
 use semcache::embed::{ModelInfo, SentenceModel};
 use semcache::index::{IndexParams, Partition};
 use semcache::loadgen::{self, Latencies, LoadConfig};
-use semcache::proto::{LookupRequest, StoreRequest};
+use semcache::proto::{ConfigureNamespaceRequest, LookupRequest, StoreRequest};
 use semcache::store::keys;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const NAMESPACE: &str = "bench";
+/// The same entries in verified mode (error bound 0.01).
+const VERIFIED: &str = "bench-verified";
 const STORED: &str = "How do I reset my password?";
 const PARAPHRASE: &str = "I forgot my password, how can I change it?";
 /// Unrelated to everything stored: a miss, embedded anew every time (misses are not cached).
@@ -54,9 +56,18 @@ fn time_each(n: u64, mut f: impl FnMut()) -> Latencies {
 }
 
 fn lookup(rt: &tokio::runtime::Runtime, client: &Client, query: &str) -> bool {
+    lookup_in(rt, client, NAMESPACE, query).hit
+}
+
+fn lookup_in(
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+    namespace: &str,
+    query: &str,
+) -> semcache::proto::LookupResponse {
     let mut client = client.clone();
-    let request = LookupRequest { namespace: NAMESPACE.into(), query: query.into(), ..Default::default() };
-    rt.block_on(client.lookup(request)).expect("lookup").into_inner().hit
+    let request = LookupRequest { namespace: namespace.into(), query: query.into(), ..Default::default() };
+    rt.block_on(client.lookup(request)).expect("lookup").into_inner()
 }
 
 fn main() {
@@ -105,6 +116,22 @@ fn main() {
     let config =
         LoadConfig { clients: 32, requests: load_requests, hit_ratio: 0.0, entries: 100, namespace: NAMESPACE.into() };
     rt.block_on(loadgen::seed(&mut client.clone(), &config)).expect("seed");
+    // The verified namespace: the same entries; it has learned nothing, so the paraphrase is
+    // explored (the whole decision, plus signing a probe token) where the static one hits.
+    rt.block_on(async {
+        let mut c = client.clone();
+        let verified =
+            ConfigureNamespaceRequest { name: VERIFIED.into(), error_bound: Some(0.01), ..Default::default() };
+        c.configure_namespace(verified).await.expect("configure");
+        loadgen::seed(&mut c, &LoadConfig { namespace: VERIFIED.into(), ..config.clone() }).await.expect("seed");
+        let stored = StoreRequest {
+            namespace: VERIFIED.into(),
+            query: STORED.into(),
+            response: "x".into(),
+            ..Default::default()
+        };
+        c.store(stored).await.expect("store");
+    });
     assert!(lookup(&rt, &client, PARAPHRASE), "the paraphrase must hit at the default threshold");
     assert!(!lookup(&rt, &client, MISS), "the miss query must miss");
 
@@ -159,6 +186,22 @@ fn main() {
     drop(model);
 
     let semantic = time_each(samples, || assert!(lookup(&rt, &client, PARAPHRASE)));
+    // Static and verified semantic lookups, alternated so that both see the same machine state.
+    let (mut static_mode, mut verified_mode) = (Vec::new(), Vec::new());
+    for i in 0..samples + samples / 10 {
+        let started = Instant::now();
+        assert!(lookup(&rt, &client, PARAPHRASE));
+        let a = started.elapsed();
+        let started = Instant::now();
+        let r = lookup_in(&rt, &client, VERIFIED, PARAPHRASE);
+        let b = started.elapsed();
+        assert!(!r.probe_token.is_empty(), "an unlearned verified namespace explores: {r:?}");
+        if i >= samples / 10 {
+            static_mode.push(a);
+            verified_mode.push(b);
+        }
+    }
+    let (static_mode, verified_mode) = (Latencies::new(static_mode), Latencies::new(verified_mode));
     let exact = time_each(samples * 10, || assert!(lookup(&rt, &client, STORED)));
 
     let report = rt.block_on(loadgen::run(&addr, &config, fresh + 10_000, &|| {})).expect("throughput run");
@@ -170,6 +213,8 @@ fn main() {
     println!("{}", row("miss lookup (same query)", &miss));
     println!("{}", row("semantic hit lookup (paraphrase)", &semantic));
     println!("{}", row("exact-repeat hit lookup", &exact));
+    println!("{}", row("semantic lookup, static (alternated)", &static_mode));
+    println!("{}", row("semantic lookup, verified (alternated)", &verified_mode));
     println!("{}", row("in-process embed, batch of 32", &batch32));
     println!(
         "\n32 clients, {} misses: {:.1} lookups/s (p50 {:.1} ms, p99 {:.1} ms); best batched embed {:.1} texts/s",
@@ -194,6 +239,7 @@ fn main() {
     println!("miss p50 / embed p50            {:.3}  [<= 1.10]", ms(&miss, 0.5) / ms(&embed, 0.5));
     println!("32-client / batched throughput  {:.3}  [>= 0.85]", report.throughput() / batched_per_s);
     println!("exact-repeat hit p50            {:.3} ms  [<= 0.3 ms]", ms(&exact, 0.5));
+    println!("verified / static lookup p50    {:.3}  [<= 1.05]", ms(&verified_mode, 0.5) / ms(&static_mode, 0.5));
 
     let _ = stop.send(());
     server_rt.block_on(server).expect("server task").expect("server");

@@ -18,7 +18,7 @@ pub struct PairsArgs {
     /// Labelled pairs: QQP JSON, MeanCache CSV, GPTCache mock JSON or MeanCache contextual
     /// JSON (see the README); each `a` is stored, each `b` looked up.
     #[arg(long)]
-    pub pairs: PathBuf,
+    pub pairs: Option<PathBuf>,
 
     /// The file's format, when its name and first record do not tell.
     #[arg(long, value_enum)]
@@ -71,9 +71,42 @@ pub struct EvalArgs {
     /// Write every lookup (pair, nearest entry, similarity, served entry, veto) as JSON lines.
     #[arg(long)]
     pub lookups: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub stream: StreamArgs,
+}
+
+/// `semcache eval --stream`: an intent stream replayed as a gateway would, static thresholds
+/// against verified mode.
+#[derive(Debug, Clone, Args)]
+pub struct StreamArgs {
+    /// An intent-labelled stream, JSON lines of {"text", "intent"} (intent "oos" = an answer of
+    /// its own): each query is looked up, and stored on a miss with its intent as the answer,
+    /// following EXPLORE as a gateway does. Instead of --pairs.
+    #[arg(long, conflicts_with_all = ["pairs", "lookups", "threshold", "follow_up_context"])]
+    pub stream: Option<PathBuf>,
+
+    /// Only the lines whose "split" is this (e.g. test for Banking77).
+    #[arg(long, requires = "stream")]
+    pub split: Option<String>,
+
+    /// Seeded random orders to replay (seeds --seed, --seed + 1, ...).
+    #[arg(long, default_value_t = 3, requires = "stream")]
+    pub orders: u64,
+
+    /// Static thresholds to replay for comparison.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.75, 0.8, 0.825, 0.85, 0.86, 0.875, 0.9, 0.925, 0.95], value_parser = threshold)]
+    pub thresholds: Vec<f32>,
+
+    /// Verified mode's error bounds to replay.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.02])]
+    pub error_bounds: Vec<f32>,
 }
 
 pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
+    if let Some(stream) = &args.stream.stream {
+        return run_stream(&args, stream).await;
+    }
     let (name, result) = evaluate(&args.pairs).await?;
     let threshold = args.threshold.unwrap_or(result.default_threshold).max(args.pairs.from);
     println!("{}", eval::render(&name, &result, args.pairs.from, threshold));
@@ -115,11 +148,14 @@ impl eval::Progress for EvalProgress {
 /// Loads the pairs and runs them through the server in a scratch namespace; returns the file's
 /// name, for the report, and what the lookups saw.
 pub async fn evaluate(args: &PairsArgs) -> anyhow::Result<(String, eval::RunResult)> {
-    let mut pairs = eval::read_pairs(&args.pairs, args.format)?;
+    let Some(path) = &args.pairs else {
+        anyhow::bail!("say what to evaluate on: --pairs FILE (labelled pairs) or, for semcache eval, --stream FILE (an intent stream)");
+    };
+    let mut pairs = eval::read_pairs(path, args.format)?;
     if args.limit > 0 && args.limit < pairs.len() {
         pairs = eval::sample(pairs, args.limit, args.seed);
     }
-    let name = args.pairs.file_name().map_or_else(|| args.pairs.display().to_string(), |n| n.to_string_lossy().into());
+    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into());
     let scratch = args
         .scratch_namespace
         .clone()
@@ -151,4 +187,56 @@ pub async fn evaluate(args: &PairsArgs) -> anyhow::Result<(String, eval::RunResu
         if args.follow_up_context { ", each with its pair's first query as context" } else { "" }
     );
     Ok((name, result))
+}
+
+/// Replays the stream under every policy and seed; prints the table, writes the curves.
+async fn run_stream(args: &EvalArgs, path: &std::path::Path) -> anyhow::Result<()> {
+    use eval::stream::{self, Policy};
+    let pairs = &args.pairs;
+    let s = &args.stream;
+    let mut utterances = stream::read_stream(path, s.split.as_deref())?;
+    if pairs.limit > 0 && pairs.limit < utterances.len() {
+        // A seeded sample, in file order (the replays shuffle it).
+        let keep: std::collections::BTreeSet<usize> =
+            stream::order(&utterances, pairs.seed.wrapping_add(1 << 32)).into_iter().take(pairs.limit).collect();
+        utterances = keep.into_iter().map(|i| utterances[i].clone()).collect();
+    }
+    for d in &s.error_bounds {
+        anyhow::ensure!(*d > 0.0 && *d < 0.5, "--error-bounds: {d} is not in (0, 0.5)");
+    }
+    let policies: Vec<Policy> = s
+        .thresholds
+        .iter()
+        .map(|t| Policy::Static(*t))
+        .chain(s.error_bounds.iter().map(|d| Policy::Verified(*d)))
+        .collect();
+    let seeds: Vec<u64> = (0..s.orders.max(1)).map(|i| pairs.seed + i).collect();
+    let config = stream::StreamConfig {
+        policies: policies.clone(),
+        seeds: seeds.clone(),
+        namespace: pairs
+            .scratch_namespace
+            .clone()
+            .unwrap_or_else(|| format!("semcache-stream-{}-{}", std::process::id(), semcache::clock::now_unix_ms())),
+        parallel: pairs.clients.max(1),
+        keep: pairs.keep,
+    };
+    let bar = ProgressBar::new((policies.len() * seeds.len()) as u64).with_style(
+        ProgressStyle::with_template("replaying [{bar:40}] {pos}/{len} replays, eta {eta}")?.progress_chars("=> "),
+    );
+    let started = std::time::Instant::now();
+    let replays = stream::run(&pairs.server, &utterances, &config, &|_| bar.inc(1)).await?;
+    bar.finish_and_clear();
+    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into());
+    let name = match &s.split {
+        Some(split) => format!("{name} ({split})"),
+        None => name,
+    };
+    println!("{}", stream::render(&name, utterances.len(), seeds.len(), &replays));
+    println!("{} replays in {:.1} s", replays.len(), started.elapsed().as_secs_f64());
+    if let Some(plot) = &args.plot {
+        stream::plot(plot, &name, &replays)?;
+        println!("cumulative curves written to {}", plot.display());
+    }
+    Ok(())
 }

@@ -67,6 +67,9 @@ fn human(r: &LookupResponse) -> String {
         None if !r.nearest_id.is_empty() => out += &format!("nearest: {}\n", r.nearest_id),
         None => {}
     }
+    if !r.probe_token.is_empty() {
+        out += &format!("probe token: {}\n", r.probe_token);
+    }
     out
 }
 
@@ -76,6 +79,7 @@ fn reason(miss_reason: i32) -> String {
         Ok(MissReason::BelowThreshold) => "below threshold".into(),
         Ok(MissReason::Vetoed) => "vetoed".into(),
         Ok(MissReason::NeedsContext) => "needs context".into(),
+        Ok(MissReason::Explore) => "explore: pass the probe token to the store".into(),
         Ok(MissReason::Unspecified) => "no reason given".into(),
         // A newer server's reason: its number still tells it apart.
         Err(_) => format!("reason {miss_reason}"),
@@ -94,6 +98,7 @@ struct LookupJson<'a> {
     threshold: f32,
     veto: Option<VetoJson<'a>>,
     miss_reason: serde_json::Value,
+    probe_token: &'a str,
 }
 
 #[derive(Serialize)]
@@ -137,6 +142,7 @@ impl<'a> From<&'a LookupResponse> for LookupJson<'a> {
                 Ok(reason) => reason.as_str_name().into(),
                 Err(_) => r.miss_reason.into(),
             },
+            probe_token: &r.probe_token,
         }
     }
 }

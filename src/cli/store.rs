@@ -24,6 +24,15 @@ pub struct StoreArgs {
     #[arg(long)]
     pub ttl_seconds: Option<u64>,
 
+    /// The probe token of the lookup that answered EXPLORE for this query (verified mode):
+    /// the server learns whether the cached answer would have been right.
+    #[arg(long)]
+    pub probe_token: Option<String>,
+
+    /// Your own judgement of the probed answer (default: the server compares the answers).
+    #[arg(long, requires = "probe_token", action = clap::ArgAction::Set)]
+    pub probe_verdict: Option<bool>,
+
     /// Print the response as one JSON object instead of a line for people.
     #[arg(long)]
     pub json: bool,
@@ -38,6 +47,7 @@ pub struct StoreArgs {
 #[derive(serde::Serialize)]
 struct StoreJson<'a> {
     id: &'a str,
+    probe_correct: Option<bool>,
 }
 
 pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
@@ -47,14 +57,19 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
         response: args.response,
         scope: scope(args.scope)?,
         ttl_seconds: args.ttl_seconds,
+        probe_token: args.probe_token.unwrap_or_default(),
+        probe_verdict: args.probe_verdict,
         ..Default::default()
     };
     let mut client = client::connect(&args.server).await?;
     let stored = client.store(request).await.map_err(ClientError::from)?.into_inner();
     if args.json {
-        println!("{}", serde_json::to_string(&StoreJson { id: &stored.id })?);
+        println!("{}", serde_json::to_string(&StoreJson { id: &stored.id, probe_correct: stored.probe_correct })?);
     } else {
         println!("id: {}", stored.id);
+        if let Some(correct) = stored.probe_correct {
+            println!("probe: the cached answer was {}", if correct { "right" } else { "wrong" });
+        }
     }
     Ok(())
 }

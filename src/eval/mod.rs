@@ -13,6 +13,7 @@ pub mod dataset;
 pub mod plot;
 pub mod run;
 pub mod score;
+pub mod stream;
 
 pub use dataset::{read_pairs, sample, Format, Pair, Position};
 pub use run::{curves, render, run, Lookup, Progress, RunConfig, RunResult};

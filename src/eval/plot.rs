@@ -119,6 +119,78 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, off: &[Po
     root.present()
 }
 
+/// One policy's cumulative curve: `(lookups, hit rate, error rate)` after each step.
+pub type Cumulative = (String, Vec<(f64, f64, f64)>);
+
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+/// `semcache eval --stream --plot`: cumulative hit rate (top) and error rate (bottom) over the
+/// stream, one colour per policy, SVG or PNG by the extension.
+pub fn cumulative(path: &Path, title: &str, series: &[Cumulative]) -> Result<(), EvalError> {
+    let plot_error = |what: String| EvalError::Plot { path: path.to_owned(), what };
+    if series.iter().all(|(_, points)| points.is_empty()) {
+        return Err(plot_error("no points to draw".into()));
+    }
+    register_fonts().map_err(|e| plot_error(e.into()))?;
+    let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    match extension.as_deref() {
+        Some("svg") => draw_cumulative(SVGBackend::new(path, SIZE).into_drawing_area(), title, series)
+            .map_err(|e| plot_error(e.to_string())),
+        Some("png") => draw_cumulative(BitMapBackend::new(path, SIZE).into_drawing_area(), title, series)
+            .map_err(|e| plot_error(e.to_string())),
+        _ => Err(plot_error("the file name must end in .svg or .png".into())),
+    }
+}
+
+fn draw_cumulative<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    series: &[Cumulative],
+) -> DrawResult<DB> {
+    root.fill(&WHITE)?;
+    let lookups = series.iter().flat_map(|(_, p)| p.iter().map(|x| x.0)).fold(1.0, f64::max);
+    let top_error = series.iter().flat_map(|(_, p)| p.iter().map(|x| x.2)).fold(0.01, f64::max) * 1.1;
+    let body = root.margin(12, 12, 12, 12).titled(title, (FAMILY, 26))?;
+    let (plots, legend) = body.split_horizontally(SIZE.0 - 24 - LEGEND_WIDTH);
+    let (upper, lower) = plots.split_vertically((SIZE.1 - 60) / 2);
+    for (area, name, high, pick) in [
+        (&upper, "hit rate", 1.0, (|p: &(f64, f64, f64)| p.1) as fn(&(f64, f64, f64)) -> f64),
+        (&lower, "error rate (wrong / lookups)", top_error, |p: &(f64, f64, f64)| p.2),
+    ] {
+        let mut chart = ChartBuilder::on(area)
+            .margin(8)
+            .x_label_area_size(35)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..lookups, 0f64..high)?;
+        chart
+            .configure_mesh()
+            .x_desc("lookups")
+            .y_desc(name)
+            .label_style((FAMILY, 13))
+            .axis_desc_style((FAMILY, 15))
+            .draw()?;
+        for (i, (_, points)) in series.iter().enumerate() {
+            let style = PALETTE[i % PALETTE.len()].stroke_width(2);
+            chart.draw_series(LineSeries::new(points.iter().map(|p| (p.0, pick(p))), style))?;
+        }
+    }
+    for (i, (label, _)) in series.iter().enumerate() {
+        let y = 20 + 24 * i as i32;
+        legend.draw(&PathElement::new(vec![(12, y + 9), (44, y + 9)], PALETTE[i % PALETTE.len()].stroke_width(3)))?;
+        legend.draw(&Text::new(label.clone(), (52, y), (FAMILY, 15)))?;
+    }
+    root.present()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +250,18 @@ mod tests {
         };
         assert_eq!(title_band_ink(""), 0);
         assert!(title_band_ink("gptcache_qqp") > 100);
+    }
+
+    #[test]
+    fn cumulative_curves_draw_every_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stream.svg");
+        let line = |h: f64| (1..=10).map(|i| (f64::from(i) * 10.0, h, h / 20.0)).collect::<Vec<_>>();
+        cumulative(&path, "b77", &[("static 0.860".into(), line(0.3)), ("verified δ=0.01".into(), line(0.4))]).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = svg.lines().map(str::trim).collect();
+        assert!(lines.contains(&"static 0.860") && lines.contains(&"hit rate"), "{svg}");
+        assert!(cumulative(&dir.path().join("x.svg"), "t", &[]).is_err());
     }
 
     #[test]

@@ -340,6 +340,7 @@ async fn namespaces_from_the_config_file_are_applied_at_start() {
         max_entries: Some(10),
         threshold_floor: Some(0.8),
         hit_guards: Some(false),
+        error_bound: None,
     }];
     let server = TestServer::start_with(args).await;
     let mut c = server.client.clone();

@@ -28,6 +28,7 @@ async fn everything_survives_a_restart() {
         max_entries: Some(100),
         threshold_floor: Some(0.6),
         hit_guards: Some(false),
+        error_bound: None,
     })
     .await
     .unwrap();

@@ -16,3 +16,4 @@ mod quality;
 mod retention;
 mod security;
 mod tls;
+mod verified;
