@@ -152,9 +152,9 @@ async fn what_was_learned_survives_a_restart_and_moves_with_export_and_import() 
     let mut c = server.client.clone();
     verified_namespace(&server, "support", 0.01).await;
     common::store(&mut c, store_req("support", "Where is my card?", "card_arrival")).await;
-    let r = explore(&server, "support", "My card has still not arrived").await;
+    let r = explore(&server, "support", "Where is my card now?").await;
     let later = explore(&server, "support", "When will my card get here?").await;
-    c.store(probed("support", "My card has still not arrived", "card_arrival", &r.probe_token)).await.unwrap();
+    c.store(probed("support", "Where is my card now?", "card_arrival", &r.probe_token)).await.unwrap();
     let exported = |mut c: semcache::proto::semantic_cache_client::SemanticCacheClient<tonic::transport::Channel>| async move {
         let mut stream = c.export(ExportRequest { namespace: "support".into() }).await.unwrap().into_inner();
         let mut out = Vec::new();
@@ -174,7 +174,7 @@ async fn what_was_learned_survives_a_restart_and_moves_with_export_and_import() 
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client.clone();
     assert_eq!(exported(c.clone()).await, before, "the evidence is back after a restart");
-    let e = c.store(probed("support", "My card has still not arrived", "card_arrival", &r.probe_token)).await;
+    let e = c.store(probed("support", "Where is my card now?", "card_arrival", &r.probe_token)).await;
     assert_eq!(e.unwrap_err().code(), Code::FailedPrecondition, "a used token stays used across a restart");
     let ok = c.store(probed("support", "When will my card get here?", "card_arrival", &later.probe_token)).await;
     assert_eq!(ok.unwrap().into_inner().probe_correct, Some(true), "an unused one still works after a restart");
@@ -184,7 +184,7 @@ async fn what_was_learned_survives_a_restart_and_moves_with_export_and_import() 
     let other_dir = tempfile::tempdir().unwrap();
     let other = TestServer::start(other_dir.path()).await;
     let file = dir.path().join("support.jsonl");
-    let (addr, other_addr) = (server.addr.to_string(), other.addr.to_string());
+    let (addr, other_addr) = (format!("http://{}", server.addr), format!("http://{}", other.addr));
     let file_arg = file.to_str().unwrap().to_owned();
     let out = tokio::task::spawn_blocking(move || {
         let export = semcache()
@@ -208,7 +208,7 @@ async fn what_was_learned_survives_a_restart_and_moves_with_export_and_import() 
 async fn a_banking77_stream_replayed_stays_within_its_error_bound() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
-    let addr = server.addr.to_string();
+    let addr = format!("http://{}", server.addr);
     let stream = format!("{}/tests/fixtures/intent_stream/banking77_test_10_intents.jsonl", env!("CARGO_MANIFEST_DIR"));
     let plot = dir.path().join("stream.svg");
     let plot_arg = plot.to_str().unwrap().to_owned();
