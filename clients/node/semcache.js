@@ -5,8 +5,21 @@
 //   const { SemcacheClient } = require('./semcache');
 //   const cache = new SemcacheClient('127.0.0.1:50051');
 //   const r = await cache.lookup('support', 'I forgot my password', { scope: { model: 'gpt-4o' } });
-//   if (!r.hit) await cache.store('support', 'I forgot my password', answer, { scope: { model: 'gpt-4o' } });
+//   if (!r.hit) {
+//     const answer = await callTheLlm(...);
+//     // r.probe_token is '' unless the miss was EXPLORE (verified mode): always passing it is fine.
+//     await cache.store('support', 'I forgot my password', answer, { scope: { model: 'gpt-4o' }, probeToken: r.probe_token });
+//   }
 //   cache.close();
+//
+// Results are shaped like the proto's messages (snake_case: miss_reason, probe_token, ...); the
+// options of a call are camelCase (ttlSeconds, probeToken, ...).
+//
+// Verified mode: configureNamespace(name, { error_bound: 0.05 }) serves a hit only while at
+// most 5% of lookups are expected to get a wrong answer. Until the namespace has learned
+// enough, some misses have miss_reason 'EXPLORE' and a probe_token: call the LLM as on any miss
+// and pass the token with the store; storeResult() also says whether the cached answer would
+// have been right (probe_correct). feedback() reports a served answer as right or wrong.
 
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
@@ -119,7 +132,9 @@ class SemcacheClient {
     }
   }
 
-  /** Resolves to { hit, entry, similarity, nearest_id, threshold, veto, miss_reason }; a miss is not an error. */
+  /** Resolves to { hit, entry, similarity, nearest_id, threshold, veto, miss_reason, probe_token }; a miss
+   *  is not an error. miss_reason: 'EMPTY', 'BELOW_THRESHOLD', 'VETOED', 'NEEDS_CONTEXT' or 'EXPLORE'
+   *  (verified mode; probe_token is then non-empty, else ''). */
   async lookup(namespace, query, { scope, threshold, context } = {}) {
     const req = { namespace, query, scope: scope || {}, ...contextFields(context) };
     if (threshold != null) req.similarity_threshold = threshold;
@@ -128,18 +143,44 @@ class SemcacheClient {
       ...r,
       entry: r.hit ? r.entry : null,
       miss_reason: r.hit ? null : String(r.miss_reason).replace(/^MISS_REASON_/, ''),
+      probe_token: r.probe_token || '',
     };
   }
 
-  /** Resolves to the new entry's id once it is durable. usage: { input_tokens, output_tokens, cost_usd }. */
-  async store(namespace, query, response, { scope, metadata, ttlSeconds, usage, context } = {}) {
+  /** Resolves to the new entry's id once it is durable. usage: { input_tokens, output_tokens, cost_usd }.
+   *  probeToken: the lookup's probe_token ('' or unset: none); with it a verified namespace learns
+   *  whether its cached answer would have been right, comparing it with `response` after
+   *  normalisation, or taking probeVerdict (true/false) when set. A token is used once: reusing
+   *  it rejects with a SemcacheError FAILED_PRECONDITION. */
+  async store(namespace, query, response, options = {}) {
+    return (await this.storeResult(namespace, query, response, options)).id;
+  }
+
+  /** store(), resolving to { id, probe_correct }: probe_correct is true/false with a probeToken, null
+   *  without one (or when the probed entry has gone since the lookup). */
+  async storeResult(namespace, query, response, { scope, metadata, ttlSeconds, usage, context, probeToken, probeVerdict } = {}) {
     const req = { namespace, query, response, scope: scope || {}, metadata: metadata || {}, ...contextFields(context) };
     if (ttlSeconds != null) req.ttl_seconds = ttlSeconds;
     if (usage) req.usage = usage;
-    return (await this.call('Store', req)).id;
+    if (probeToken) {
+      req.probe_token = probeToken;
+      if (probeVerdict != null) req.probe_verdict = Boolean(probeVerdict);
+    } else if (probeVerdict != null) {
+      throw new TypeError("probeVerdict needs the probeToken of the lookup that answered 'EXPLORE'");
+    }
+    const r = await this.call('Store', req);
+    return { id: r.id, probe_correct: r.probe_correct ?? null };
   }
 
-  /** settings: { similarity_threshold, ttl_seconds, max_entries, threshold_floor, hit_guards }; unset ones keep their value. */
+  /** Reports whether a served answer (lookup(...).entry.id) was right for `query`; resolves to
+   *  { observations, deleted }. A wrong answer is never served for that query again (reported wrong
+   *  for its own query, the entry is deleted). Needs the write grant. */
+  feedback(namespace, entryId, query, correct) {
+    return this.call('Feedback', { namespace, entry_id: entryId, query, correct: Boolean(correct) });
+  }
+
+  /** settings: { similarity_threshold, ttl_seconds, max_entries, threshold_floor, hit_guards, error_bound };
+   *  unset ones keep their value. error_bound in [0, 0.5): 0 = the static threshold, above: verified mode. */
   configureNamespace(name, settings = {}) {
     return this.call('ConfigureNamespace', { name, ...settings });
   }

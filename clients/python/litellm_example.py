@@ -7,8 +7,13 @@
                                                     -> semcache hit: the first answer, marked
                                                        cache_hit by LiteLLM, no LLM call
   3. the same paraphrase for another model          -> miss (the model is part of the scope)
+  4. verified mode, in a namespace with error_bound 0.05 (nothing else changes for LiteLLM):
+     the first question is stored; the paraphrase is a miss (EXPLORE: a new verified namespace
+     trusts nothing yet), the mock LLM answers, and the backend sends the lookup's probe token
+     with the Store, so semcache learns that its cached answer was right.
 
-Exits 1 unless 2 is a cache hit with the first answer, 3 is not, and semcache's Stats agree.
+Exits 1 unless 2 is a cache hit with the first answer, 3 is not, 4 is an EXPLORE miss whose
+Store was judged right, and semcache's Stats agree.
 
     python3 clients/python/litellm_example.py [ADDRESS]   # default: $SEMCACHE_ADDR or 127.0.0.1:50051
 """
@@ -92,10 +97,51 @@ def main() -> int:
             print("FAIL: expected 3 lookups, 1 hit, 2 stores", file=sys.stderr)
             ok = False
         client.drop_namespace(namespace)
+
+        ok = verified_mode(client, f"{namespace}-verified") and ok
         litellm.cache = None
 
     print("OK" if ok else "FAILED")
     return 0 if ok else 1
+
+
+def verified_mode(client: SemcacheClient, namespace: str) -> bool:
+    ok = True
+    client.configure_namespace(namespace, ttl_seconds=3600, error_bound=0.05)
+    litellm.cache = SemcacheLiteLLMCache(client=client, namespace=namespace)
+    backend = litellm.cache.cache
+    answer = "Go to Settings > Security > Reset password."
+    try:
+        print(f"4. verified mode: namespace {namespace} with error_bound 0.05")
+        ask("gpt-4o-mini", "How do I reset my password?", answer)
+        # The (mock) LLM answers the paraphrase as it answered the question: the cached answer
+        # would have been right, and the Store with the probe token says so.
+        second = ask("gpt-4o-mini", "I forgot my password, how can I change it?", answer)
+        lookup, store = backend.last_lookup, backend.last_store
+        print(
+            f"    semcache: miss_reason={lookup.miss_reason if lookup else None}, "
+            f"probe_correct={store.probe_correct if store else None}"
+        )
+        if second._hidden_params.get("cache_hit") or lookup is None or lookup.miss_reason != "EXPLORE":
+            print("FAIL: a new verified namespace must answer the paraphrase EXPLORE (a miss)", file=sys.stderr)
+            ok = False
+        elif store is None or store.probe_correct is not True:
+            print("FAIL: the Store of the same answer was not judged right with the probe token", file=sys.stderr)
+            ok = False
+        if len(backend.pending_probes):
+            print("FAIL: a probe token was left pending after its Store", file=sys.stderr)
+            ok = False
+        s = client.stats(namespace)
+        print(
+            f"semcache stats: lookups={s.lookups} hits={s.hits} stores={s.stores} explores={s.explores} "
+            f"probes_correct={s.probes_correct} probes_wrong={s.probes_wrong}"
+        )
+        if (s.lookups, s.stores, s.explores, s.probes_correct) != (2, 2, 1, 1):
+            print("FAIL: expected 2 lookups, 2 stores, 1 explore, 1 correct probe", file=sys.stderr)
+            ok = False
+    finally:
+        client.drop_namespace(namespace)
+    return ok
 
 
 if __name__ == "__main__":

@@ -16,8 +16,20 @@ How a request maps onto semcache:
               team / org ids ("tenant"), so nothing crosses models, prompts or tenants;
   * context = the earlier user/assistant turns (hashed by the server), so a follow-up only
               hits inside the identical conversation;
-  * response = LiteLLM's cached JSON of the ModelResponse, usage = its token counts (and cost,
-              when LiteLLM knows the model's price), so semcache's Stats count the savings.
+  * response = LiteLLM's cached JSON of the ModelResponse (canonical, without its per-call
+              fields, see below), usage = its token counts (and cost, when LiteLLM knows the
+              model's price), so semcache's Stats count the savings.
+
+Verified mode needs nothing more: configure the namespace with an error bound
+(`SemcacheClient().configure_namespace("litellm", error_bound=0.05)`, or the semcache CLI).
+A lookup the server answers EXPLORE is a miss to LiteLLM; the backend keeps its probe token
+(per LiteLLM cache key, bounded in number and age, thread-safe) until LiteLLM stores the
+model's answer for the same request, and sends it with that Store, so the server learns
+whether its cached answer would have been right, by comparing the two answers.
+
+So that equal answers compare equal, the response is stored without the fields that differ on
+every call (id, created, usage, system_fingerprint): those go into the entry's metadata
+("litellm.envelope") and are put back on a hit, so LiteLLM gets the response as it was cached.
 
 `SemcacheCache` is the backend, a `litellm.caching.base_cache.BaseCache` with get_cache /
 set_cache and their async variants. `SemcacheLiteLLMCache` is a `litellm.Cache` that uses it;
@@ -34,7 +46,9 @@ import asyncio
 import hashlib
 import json
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -125,9 +139,65 @@ class _Key:
             scope["tenant"] = _digest(tenant)
         return cls(query, scope, context)
 
+    def identity(self) -> str:
+        """What a probe token is bound to (the query) and where its Store goes (scope, context)."""
+        return _digest([self.query, self.scope, self.context])
+
+
+class _PendingProbes:
+    """Probe tokens from EXPLORE lookups, waiting for LiteLLM to store the model's answer to the
+    same request: at most `max_size` (the oldest go first), each for at most `ttl_seconds` (the
+    server's tokens expire too, after 600 s by default). Thread-safe: LiteLLM's async path runs
+    the backend on worker threads."""
+
+    def __init__(self, max_size: int = 10_000, ttl_seconds: float = 600.0) -> None:
+        self.max_size, self.ttl_seconds = max_size, ttl_seconds
+        self._lock = threading.Lock()
+        self._tokens: OrderedDict[str, tuple[float, str, str]] = OrderedDict()  # key -> (expiry, identity, token)
+
+    def put(self, key: str, identity: str, token: str) -> None:
+        with self._lock:
+            self._tokens.pop(key, None)
+            self._tokens[key] = (time.monotonic() + self.ttl_seconds, identity, token)
+            while len(self._tokens) > self.max_size:
+                self._tokens.popitem(last=False)
+
+    def discard(self, key: str) -> None:
+        with self._lock:
+            self._tokens.pop(key, None)
+
+    def take(self, key: str, identity: str) -> str | None:
+        """The token kept for `key`, once; None if there is none, it aged out, or it was issued
+        for another query / scope / conversation than the one being stored."""
+        now = time.monotonic()
+        with self._lock:
+            item = self._tokens.pop(key, None)
+            while self._tokens:  # drop what aged out (the oldest first)
+                first = next(iter(self._tokens.values()))
+                if first[0] > now:
+                    break
+                self._tokens.popitem(last=False)
+        if item is None or item[0] <= now or item[1] != identity:
+            return None
+        return item[2]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._tokens)
+
+
+def _probe_refused(e: SemcacheError) -> bool:
+    """The server refused the probe token (expired, used, or not for this Store), not the Store."""
+    return e.code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT) and e.message.startswith(
+        "probe_token"
+    )
+
 
 class SemcacheCache(BaseCache):
-    """A LiteLLM cache backend over semcache (gRPC). Prefer SemcacheLiteLLMCache, which wires it in."""
+    """A LiteLLM cache backend over semcache (gRPC). Prefer SemcacheLiteLLMCache, which wires it in.
+
+    `max_pending_probes` / `probe_ttl_seconds` bound the verified-mode probe tokens kept between
+    a lookup and the store of the same request."""
 
     def __init__(
         self,
@@ -138,13 +208,17 @@ class SemcacheCache(BaseCache):
         threshold: float | None = None,
         ttl_seconds: int | None = None,
         timeout: float = 5.0,
+        max_pending_probes: int = 10_000,
+        probe_ttl_seconds: float = 600.0,
     ) -> None:
         super().__init__(default_ttl=ttl_seconds or 0)
         self.client = client or (SemcacheClient(address, timeout=timeout) if address else SemcacheClient(timeout=timeout))
         self.namespace = namespace
         self.threshold = threshold
         self.ttl_seconds = ttl_seconds
+        self.pending_probes = _PendingProbes(max_pending_probes, probe_ttl_seconds)
         self.last_lookup: Any = None  # the last LookupResult, for logging and tests
+        self.last_store: Any = None  # the last StoreResult (its probe_correct), for logging and tests
 
     # -- sync ------------------------------------------------------------------------------
 
@@ -161,12 +235,18 @@ class SemcacheCache(BaseCache):
         metadata = kwargs.get("metadata")
         if isinstance(metadata, dict):
             metadata["semantic-similarity"] = r.similarity
+        if r.probe_token:
+            # EXPLORE: a miss for LiteLLM; the token goes with the Store of the model's answer.
+            self.pending_probes.put(key, k.identity(), r.probe_token)
+        else:
+            self.pending_probes.discard(key)
         if not r.hit or r.entry is None:
             log.debug("semcache miss (%s, similarity %.3f) for %r", r.miss_reason, r.similarity, k.query)
             return None
         log.debug("semcache hit (similarity %.3f): %r answered by %r", r.similarity, k.query, r.entry.query)
         # The shape LiteLLM's Cache.get_cache_logic expects: its own {"timestamp", "response"}.
-        return {"timestamp": r.entry.created_at_unix_ms / 1000.0, "response": r.entry.response}
+        response = _join_envelope(r.entry.response, r.entry.metadata.get(_ENVELOPE_KEY))
+        return {"timestamp": r.entry.created_at_unix_ms / 1000.0, "response": response}
 
     def set_cache(self, key: str, value: Any, **kwargs: Any) -> None:
         k = _Key.from_kwargs(kwargs)
@@ -180,17 +260,27 @@ class SemcacheCache(BaseCache):
                 return
         ttl = kwargs.get("ttl")
         ttl_seconds = int(ttl) if ttl is not None else self.ttl_seconds
+        probe_token = self.pending_probes.take(key, k.identity())
+        usage = _usage(response, str(kwargs.get("model")))
+        metadata = {"source": "litellm", **_incomplete(response)}
+        response, envelope = _split_envelope(response)
+        if envelope:
+            metadata[_ENVELOPE_KEY] = envelope
+        store: dict[str, Any] = dict(
+            scope=k.scope, metadata=metadata, ttl_seconds=ttl_seconds, usage=usage, context=k.context or None
+        )
         try:
-            self.client.store(
-                self.namespace,
-                k.query,
-                response,
-                scope=k.scope,
-                metadata={"source": "litellm", **_incomplete(response)},
-                ttl_seconds=ttl_seconds,
-                usage=_usage(response, str(kwargs.get("model"))),
-                context=k.context or None,
-            )
+            try:
+                self.last_store = self.client.store_result(self.namespace, k.query, response, probe_token=probe_token, **store)
+            except SemcacheError as e:
+                if not (probe_token and _probe_refused(e)):
+                    raise
+                # Expired or already used: the answer is still worth caching.
+                log.debug("semcache refused the probe token, storing without it: %s", e)
+                self.last_store = self.client.store_result(self.namespace, k.query, response, **store)
+            if self.last_store.probe_correct is not None:
+                verdict = "right" if self.last_store.probe_correct else "wrong"
+                log.debug("semcache probe for %r: the cached answer was judged %s", k.query, verdict)
         except SemcacheError as e:
             if e.code == grpc.StatusCode.FAILED_PRECONDITION:
                 # A truncated answer that the server is configured not to cache.
@@ -221,6 +311,39 @@ class SemcacheCache(BaseCache):
             return {"status": "success", "message": f"semcache at {self.client.address} is SERVING"}
         except Exception as e:  # noqa: BLE001 - reported, not raised
             return {"status": "failed", "message": "semcache is not reachable", "error": str(e)}
+
+
+# A ModelResponse's fields that differ on every call, even for the same answer.
+_PER_CALL_FIELDS = ("id", "created", "usage", "system_fingerprint")
+_ENVELOPE_KEY = "litellm.envelope"
+
+
+def _split_envelope(response_json: str) -> tuple[str, str | None]:
+    """The response as canonical JSON without its per-call fields, and those fields as JSON
+    (None when there are none, or the response is not a JSON object)."""
+    try:
+        response = json.loads(response_json)
+    except ValueError:
+        return response_json, None
+    if not isinstance(response, dict):
+        return response_json, None
+    envelope = {f: response.pop(f) for f in _PER_CALL_FIELDS if f in response}
+    canonical = json.dumps(response, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return canonical, (json.dumps(envelope, ensure_ascii=False, default=str) if envelope else None)
+
+
+def _join_envelope(response_json: str, envelope_json: str | None) -> str:
+    """A cached response with its per-call fields put back (entries stored without an envelope
+    are returned as they are)."""
+    if not envelope_json:
+        return response_json
+    try:
+        response, envelope = json.loads(response_json), json.loads(envelope_json)
+    except ValueError:
+        return response_json
+    if not isinstance(response, dict) or not isinstance(envelope, dict):
+        return response_json
+    return json.dumps({**envelope, **response}, ensure_ascii=False)
 
 
 def _incomplete(response_json: str) -> dict[str, str]:

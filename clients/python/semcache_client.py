@@ -4,10 +4,24 @@
 
     with SemcacheClient("127.0.0.1:50051") as cache:
         cache.wait_until_serving()
-        hit = cache.lookup("support", "I forgot my password, how can I change it?")
-        if hit is None:
+        question = "I forgot my password, how can I change it?"
+        r = cache.lookup("support", question)
+        if r.hit:
+            answer = r.response
+        else:
             answer = call_the_llm(...)
-            cache.store("support", "I forgot my password, how can I change it?", answer)
+            # r.probe_token is "" unless the miss was EXPLORE (verified mode); passing it
+            # always is fine, and teaches a verified namespace whether its candidate was right.
+            cache.store("support", question, answer, probe_token=r.probe_token)
+
+(`cache.get(namespace, query)` is the short form: the cached response, or None on a miss.)
+
+Verified mode: `cache.configure_namespace("support", error_bound=0.05)` makes the server serve
+a hit only when it is confident that at most 5% of lookups get a wrong answer. Until it has
+learned enough it answers some lookups with miss_reason "EXPLORE" and a `probe_token`: call
+the LLM as on any miss and pass the token to `store` (as above); `store_result` returns
+whether the cached answer would have been right (`probe_correct`). `feedback(...)` reports a
+served answer as right or wrong.
 
 The protobuf stubs are generated from proto/semcache/v1/semcache.proto with grpcio-tools
 (`clients/python/generate.sh`, or `scripts/clients.sh`) into the git-ignored folder
@@ -32,6 +46,8 @@ __all__ = [
     "SemcacheClient",
     "SemcacheError",
     "LookupResult",
+    "StoreResult",
+    "FeedbackResult",
     "Entry",
     "GuardVeto",
     "Usage",
@@ -168,7 +184,9 @@ class GuardVeto:
 @dataclass(frozen=True)
 class LookupResult:
     """Every Lookup answer. `entry` is set on a hit; on a miss `miss_reason` says why
-    ("EMPTY", "BELOW_THRESHOLD", "VETOED", "NEEDS_CONTEXT")."""
+    ("EMPTY", "BELOW_THRESHOLD", "VETOED", "NEEDS_CONTEXT", or "EXPLORE": verified mode has a
+    candidate it does not trust yet). On EXPLORE `probe_token` is non-empty: call the LLM as on
+    any miss and pass it to `store(..., probe_token=...)`; otherwise it is ""."""
 
     hit: bool
     entry: Entry | None
@@ -177,10 +195,32 @@ class LookupResult:
     threshold: float
     veto: GuardVeto | None
     miss_reason: str | None
+    probe_token: str = ""
 
     @property
     def response(self) -> str | None:
         return self.entry.response if self.entry is not None else None
+
+    @property
+    def explore(self) -> bool:
+        """Verified mode asks for the LLM's answer to this query (see probe_token)."""
+        return self.miss_reason == "EXPLORE"
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """A Store's answer: the new entry's id and, when a probe token was sent, whether the
+    probed entry's cached answer was judged right (None without a token, or when that entry
+    has gone since the Lookup)."""
+
+    id: str
+    probe_correct: bool | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    observations: int  # the entry's observations, this one included
+    deleted: bool  # reported wrong for its own query: the entry is gone
 
 
 @dataclass(frozen=True)
@@ -193,6 +233,7 @@ class Namespace:
     embedding_model: str
     threshold_floor: float
     hit_guards: bool
+    error_bound: float = 0.0  # verified mode's bound on wrong answers; 0 = static threshold
 
     @classmethod
     def _from_pb(cls, n: Any) -> "Namespace":
@@ -205,6 +246,7 @@ class Namespace:
             embedding_model=n.embedding_model,
             threshold_floor=n.threshold_floor,
             hit_guards=n.hit_guards,
+            error_bound=n.error_bound if _has_field(n, "error_bound") else 0.0,
         )
 
 
@@ -220,10 +262,32 @@ class Stats:
     saved_cost_usd: float
     evictions: int
     expirations: int
+    # Verified mode (0 from servers without it).
+    explores: int = 0  # lookups answered EXPLORE
+    probes_correct: int = 0  # probe tokens stored back whose cached answer was right
+    probes_wrong: int = 0  # ... and wrong
+    feedback_correct: int = 0
+    feedback_wrong: int = 0
+    estimated_error_rate: float = 0.0  # the learned model's estimate of wrong hits / lookups
 
     @property
     def hit_rate(self) -> float:
         return self.hits / self.lookups if self.lookups else 0.0
+
+
+_VERIFIED_STATS = ("explores", "probes_correct", "probes_wrong", "feedback_correct", "feedback_wrong", "estimated_error_rate")
+
+
+def _has_field(message: Any, name: str) -> bool:
+    """Whether the generated stubs know the field (older stubs predate verified mode)."""
+    return name in message.DESCRIPTOR.fields_by_name
+
+
+def _require_field(message: Any, name: str) -> None:
+    if not _has_field(message, name):
+        raise ValueError(
+            f"{name} needs stubs generated from a newer semcache.proto: run clients/python/generate.sh"
+        )
 
 
 def _context_fields(context: Sequence[str] | str | None) -> dict[str, Any]:
@@ -328,6 +392,7 @@ class SemcacheClient:
             threshold=r.threshold,
             veto=veto,
             miss_reason=reason,
+            probe_token=r.probe_token if _has_field(r, "probe_token") else "",
         )
 
     def get(
@@ -351,8 +416,43 @@ class SemcacheClient:
         ttl_seconds: int | None = None,
         usage: Usage | None = None,
         context: Sequence[str] | str | None = None,
+        probe_token: str | None = None,
+        probe_verdict: bool | None = None,
     ) -> str:
-        """Caches a response; returns the new entry's id once it is durable on disk."""
+        """Caches a response; returns the new entry's id once it is durable on disk.
+
+        `probe_token`: the LookupResult.probe_token of the miss this answer is for ("" or None:
+        none). With it a verified namespace learns whether its candidate's cached answer would
+        have been right: by comparing it with `response` after normalisation, or by your own
+        `probe_verdict` (True/False) when set. `store_result` also returns that judgement. A
+        token is used once and expires: reusing one raises SemcacheError FAILED_PRECONDITION."""
+        return self.store_result(
+            namespace,
+            query,
+            response,
+            scope=scope,
+            metadata=metadata,
+            ttl_seconds=ttl_seconds,
+            usage=usage,
+            context=context,
+            probe_token=probe_token,
+            probe_verdict=probe_verdict,
+        ).id
+
+    def store_result(
+        self,
+        namespace: str,
+        query: str,
+        response: str,
+        scope: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        ttl_seconds: int | None = None,
+        usage: Usage | None = None,
+        context: Sequence[str] | str | None = None,
+        probe_token: str | None = None,
+        probe_verdict: bool | None = None,
+    ) -> StoreResult:
+        """`store`, returning a StoreResult: the id and, with a probe token, `probe_correct`."""
         req = pb.StoreRequest(
             namespace=namespace,
             query=query,
@@ -367,7 +467,25 @@ class SemcacheClient:
             req.usage.CopyFrom(
                 pb.Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, cost_usd=usage.cost_usd)
             )
-        return self._call("Store", req).id
+        if probe_token:
+            _require_field(req, "probe_token")
+            req.probe_token = probe_token
+            if probe_verdict is not None:
+                req.probe_verdict = probe_verdict
+        elif probe_verdict is not None:
+            raise ValueError("probe_verdict needs the probe_token of the Lookup that answered EXPLORE")
+        r = self._call("Store", req)
+        probe_correct = r.probe_correct if _has_field(r, "probe_correct") and r.HasField("probe_correct") else None
+        return StoreResult(id=r.id, probe_correct=probe_correct)
+
+    def feedback(self, namespace: str, entry_id: str, query: str, correct: bool) -> FeedbackResult:
+        """Reports whether a served answer (LookupResult.entry.id) was right for `query`. A wrong
+        one is never served for that query again (reported wrong for its own query, the entry
+        is deleted), and either teaches the namespace's verified mode. Needs the write grant."""
+        if not hasattr(pb, "FeedbackRequest"):
+            raise ValueError("feedback needs stubs generated from a newer semcache.proto: run clients/python/generate.sh")
+        r = self._call("Feedback", pb.FeedbackRequest(namespace=namespace, entry_id=entry_id, query=query, correct=correct))
+        return FeedbackResult(observations=r.observations, deleted=r.deleted)
 
     def delete(
         self,
@@ -396,8 +514,11 @@ class SemcacheClient:
         max_entries: int | None = None,
         threshold_floor: float | None = None,
         hit_guards: bool | None = None,
+        error_bound: float | None = None,
     ) -> Namespace:
-        """Creates or updates a namespace; settings left as None keep their value."""
+        """Creates or updates a namespace; settings left as None keep their value.
+        `error_bound` in [0, 0.5): 0 = the static similarity threshold; above, verified mode,
+        which serves a hit only while at most that share of lookups is expected to be wrong."""
         req = pb.ConfigureNamespaceRequest(name=name)
         for key, value in (
             ("similarity_threshold", similarity_threshold),
@@ -405,8 +526,10 @@ class SemcacheClient:
             ("max_entries", max_entries),
             ("threshold_floor", threshold_floor),
             ("hit_guards", hit_guards),
+            ("error_bound", error_bound),
         ):
             if value is not None:
+                _require_field(req, key)
                 setattr(req, key, value)
         return Namespace._from_pb(self._call("ConfigureNamespace", req))
 
@@ -430,6 +553,7 @@ class SemcacheClient:
             saved_cost_usd=r.saved_cost_usd,
             evictions=r.evictions,
             expirations=r.expirations,
+            **{f: getattr(r, f) for f in _VERIFIED_STATS if _has_field(r, f)},
         )
 
     def drop_namespace(self, name: str) -> int:
