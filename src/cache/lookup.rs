@@ -212,6 +212,8 @@ impl Cache {
                     let signer = &self.learning.signer;
                     let token = signer.issue(&ask.namespace, entry.id, ask.query_id, features, audit_p_wrong, now);
                     outcome.probe_token = Some(token);
+                    let hits = self.ledger.hit_count(entry.id).unwrap_or(0);
+                    outcome.probe_entry = Some(Entry::from_record(entry, hits));
                     return Ok(outcome);
                 }
             }

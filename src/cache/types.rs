@@ -163,6 +163,8 @@ pub struct LookupOutcome {
     pub exact: bool,
     /// Set iff `miss_reason` is `Explore`.
     pub probe_token: Option<String>,
+    /// With a probe token: the entry that would have been served (not a hit).
+    pub probe_entry: Option<Entry>,
 }
 
 impl LookupOutcome {

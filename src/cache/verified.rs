@@ -63,10 +63,17 @@ impl NamespaceModel {
     }
 }
 
+/// Evidence updates of the same entry are serialised by one of these.
+const EVIDENCE_STRIPES: usize = 64;
+
 /// What is learned per entry, and the probe tokens.
 pub(super) struct Learning {
     pub signer: Signer,
     entries: RwLock<HashMap<u64, EntryEvidence>>,
+    /// Taken by entry id from reading its evidence until the batch with the new one is
+    /// durable, so two Stores judging one entry cannot lose an observation. Lock order: these
+    /// before `deleting` and the exact-key stripes.
+    updates: Vec<Mutex<()>>,
 }
 
 impl Learning {
@@ -98,7 +105,16 @@ impl Learning {
                 }
             }
         }
-        Ok(Self { signer, entries: RwLock::new(entries) })
+        Ok(Self {
+            signer,
+            entries: RwLock::new(entries),
+            updates: (0..EVIDENCE_STRIPES).map(|_| Mutex::new(())).collect(),
+        })
+    }
+
+    /// Serialises evidence updates of entry `id`.
+    pub fn lock(&self, id: u64) -> parking_lot::MutexGuard<'_, ()> {
+        self.updates[(id % EVIDENCE_STRIPES as u64) as usize].lock()
     }
 
     /// For a lookup of `query`: per candidate, `None` where it is refused for this query, else
@@ -282,6 +298,7 @@ impl Cache {
         id: u64,
         vector: Vec<f32>,
     ) -> Result<FeedbackOutcome, CacheError> {
+        let _update = self.learning.lock(id);
         let now = self.now();
         let not_found = || CacheError::EntryNotFound { namespace: req.namespace.clone(), id };
         let entry = self.store.get_entry(&req.namespace, id)?.filter(|e| e.is_live(now)).ok_or_else(not_found)?;

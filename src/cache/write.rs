@@ -70,6 +70,7 @@ impl Cache {
     /// Judges the probe (claiming its token), then stores; the claim is given back if the
     /// Store fails, so the gateway may retry with the same token.
     fn store_probed(&self, req: StoreRequest, vector: Vec<f32>, probe: Option<Probe>) -> Result<Stored, CacheError> {
+        let _update = probe.map(|p| self.learning.lock(p.entry));
         let judged = match probe {
             Some(probe) => Some(self.judge(&req.namespace, probe, &req.response, req.probe_verdict)?),
             None => None,
@@ -191,6 +192,7 @@ impl Cache {
         if let Some(old) = replaced {
             self.index.remove(&entry.namespace, &scope, old);
             self.ledger.remove(old);
+            self.learning.forget(old, Some(&ns));
         }
         for victim in &evicted {
             self.forget(victim);

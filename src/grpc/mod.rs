@@ -198,6 +198,7 @@ impl SemanticCache for SemanticCacheService {
             }),
             miss_reason: miss_reason_to_pb(outcome.miss_reason).into(),
             probe_token: outcome.probe_token.unwrap_or_default(),
+            probe_entry: outcome.probe_entry.map(entry_to_pb),
         }))
     }
 

@@ -30,6 +30,8 @@ async fn explore(server: &TestServer, ns: &str, query: &str) -> LookupResponse {
     let r = lookup(&mut server.client.clone(), lookup_req(ns, query)).await;
     assert_eq!(r.miss_reason(), MissReason::Explore, "{r:?}");
     assert!(!r.hit && r.entry.is_none() && !r.probe_token.is_empty(), "{r:?}");
+    let probed = r.probe_entry.as_ref().expect("the answer that would have been served");
+    assert_eq!(probed.id, r.nearest_id, "{r:?}");
     r
 }
 
