@@ -213,8 +213,8 @@ fn main() {
     println!("{}", row("miss lookup (same query)", &miss));
     println!("{}", row("semantic hit lookup (paraphrase)", &semantic));
     println!("{}", row("exact-repeat hit lookup", &exact));
-    println!("{}", row("semantic lookup, static (alternated)", &static_mode));
-    println!("{}", row("semantic lookup, verified (alternated)", &verified_mode));
+    println!("{}", row("semantic, static (alternated)", &static_mode));
+    println!("{}", row("semantic, verified (alternated)", &verified_mode));
     println!("{}", row("in-process embed, batch of 32", &batch32));
     println!(
         "\n32 clients, {} misses: {:.1} lookups/s (p50 {:.1} ms, p99 {:.1} ms); best batched embed {:.1} texts/s",
