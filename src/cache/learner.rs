@@ -251,6 +251,10 @@ impl Cells {
         self.total
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
     /// The posterior by Newton's method from `start` (the last fit: one observation more
     /// moves it little, so a few steps suffice).
     pub fn refit(&self, start: &Fit) -> Fit {
@@ -303,9 +307,8 @@ fn solve(mut a: [[f64; D]; D], mut b: [f64; D]) -> Option<[f64; D]> {
         for row in 0..D {
             if row != col {
                 let f = a[row][col] / a[col][col];
-                for k in 0..D {
-                    a[row][k] -= f * a[col][k];
-                }
+                let pivot_row = a[col];
+                a[row].iter_mut().zip(pivot_row).for_each(|(x, p)| *x -= f * p);
                 b[row] -= f * b[col];
             }
         }
@@ -314,12 +317,12 @@ fn solve(mut a: [[f64; D]; D], mut b: [f64; D]) -> Option<[f64; D]> {
 }
 
 fn invert(a: [[f64; D]; D]) -> Option<[[f64; D]; D]> {
-    let mut inv = [[0.0; D]; D];
-    for j in 0..D {
-        let column = solve(a, std::array::from_fn(|i| f64::from(u8::from(i == j))))?;
-        (0..D).for_each(|i| inv[i][j] = column[i]);
+    let mut columns = [[0.0; D]; D];
+    for (j, column) in columns.iter_mut().enumerate() {
+        *column = solve(a, std::array::from_fn(|i| f64::from(u8::from(i == j))))?;
     }
-    Some(inv)
+    // The inverse of a symmetric matrix is symmetric: its columns are its rows.
+    Some(std::array::from_fn(|i| std::array::from_fn(|j| columns[j][i])))
 }
 
 /// What is known about one entry: its recent judged lookups, the queries it must never
@@ -456,7 +459,7 @@ impl Budget {
     pub fn count_lookup(&self, delta: f64) {
         let n = self.lookups.fetch_add(1, Ordering::Relaxed) + 1;
         self.verified_lookups.fetch_add(1, Ordering::Relaxed);
-        if n % 16 == 0 {
+        if n.is_multiple_of(16) {
             self.rebalance(delta);
         }
     }

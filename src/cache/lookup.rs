@@ -17,8 +17,9 @@ pub(super) const CANDIDATES: usize = 8;
 
 /// What the first, model-free step of a lookup found.
 enum Before {
-    /// The answer, without the model: an exact repeat, or nothing to search.
-    Answered(LookupOutcome),
+    /// The answer, without the model: an exact repeat, or nothing to search (boxed: an
+    /// outcome with its entries is large, and this is moved across the blocking pool).
+    Answered(Box<LookupOutcome>),
     /// The partition to search once the query is embedded.
     Search(Arc<Partition>),
 }
@@ -111,7 +112,7 @@ impl Cache {
         };
         let first = ask.clone();
         let partition = match self.blocking("Lookup", move |c| c.before_model(&first, &normalized)).await? {
-            Before::Answered(outcome) => return Ok(outcome),
+            Before::Answered(outcome) => return Ok(*outcome),
             Before::Search(partition) => partition,
         };
         let vector = self.embed(&ask.query).await?;
@@ -130,11 +131,11 @@ impl Cache {
             outcome.nearest_id = Some(entry.id);
             outcome.exact = true;
             outcome.miss_reason = MissReason::None;
-            return Ok(Before::Answered(self.hit(outcome, entry, now)));
+            return Ok(Before::Answered(Box::new(self.hit(outcome, entry, now))));
         }
         match self.index.partition(&ask.namespace, &keys::scope_id(&ask.scope)) {
             Some(partition) if !partition.is_empty() => Ok(Before::Search(partition)),
-            _ => Ok(Before::Answered(outcome)),
+            _ => Ok(Before::Answered(Box::new(outcome))),
         }
     }
 

@@ -68,7 +68,7 @@ pub fn run(matches: &ArgMatches) -> ExitCode {
         match serve::resolve(serve) {
             Ok(Some(resolved)) => *args = resolved,
             Ok(None) => return ExitCode::SUCCESS,
-            Err(e) => refused = Some(e),
+            Err(e) => refused = Some(*e),
         }
     }
     let format = match &cli.command {

@@ -8,8 +8,9 @@ use semcache::config::{self, ConfigError, ServeArgs};
 /// Applies the config file to what clap parsed (`matches`, of the `serve` subcommand, tells a
 /// flag or variable that was given from a default, which the file may replace). `None`:
 /// `--print-config` printed the effective settings, and there is nothing more to do.
-pub fn resolve(matches: &ArgMatches) -> Result<Option<ServeArgs>, ConfigError> {
-    let resolved = config::resolve(matches)?;
+pub fn resolve(matches: &ArgMatches) -> Result<Option<ServeArgs>, Box<ConfigError>> {
+    // Boxed: a refusal carries its file, place and the known keys, and is returned once.
+    let resolved = config::resolve(matches).map_err(Box::new)?;
     if resolved.args.print_config {
         print!("{}", resolved.to_toml());
         return Ok(None);

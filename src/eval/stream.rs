@@ -349,7 +349,7 @@ pub fn render(name: &str, lookups: usize, seeds: usize, replays: &[Replay]) -> S
 /// or PNG.
 pub fn plot(path: &Path, title: &str, replays: &[Replay]) -> Result<(), EvalError> {
     let first = replays.iter().map(|r| r.seed).min().unwrap_or(0);
-    let series: Vec<(String, Vec<(f64, f64, f64)>)> = replays
+    let series: Vec<super::plot::Cumulative> = replays
         .iter()
         .filter(|r| r.seed == first)
         .map(|r| {
