@@ -31,6 +31,17 @@ impl SplitMix64 {
     }
 }
 
+/// Shuffles `items` in place (Fisher-Yates, front to back): the first n items after it are a
+/// uniform sample whose picks do not depend on how many are kept.
+pub fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut rng = SplitMix64::new(seed);
+    let len = items.len();
+    for i in 0..len {
+        let j = i + rng.below((len - i) as u64) as usize;
+        items.swap(i, j);
+    }
+}
+
 /// A deterministic pseudo-random unit vector, for tests and benchmarks of the index.
 pub fn unit_vector(seed: u64, dim: usize) -> Vec<f32> {
     let mut rng = SplitMix64::new(seed);

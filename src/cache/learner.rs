@@ -396,10 +396,6 @@ impl EntryEvidence {
         refused.truncate(MAX_REFUSED);
         Self { observations: r.observations.into_iter().skip(skip).collect(), refused, offset: Offset::default() }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.observations.is_empty() && self.refused.is_empty()
-    }
 }
 
 /// What the budget made of a lookup.

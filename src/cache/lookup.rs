@@ -40,6 +40,14 @@ struct Ask {
     verified: Option<(Arc<NamespaceState>, f64)>,
 }
 
+/// A live candidate of a search.
+pub(super) struct Neighbour {
+    pub id: u64,
+    pub similarity: f32,
+    /// Its answer's identity (0 = unknown).
+    pub answer: u64,
+}
+
 /// A candidate still worth considering: live, and not refused for this query.
 struct Live {
     id: u64,
@@ -156,23 +164,13 @@ impl Cache {
         let mut outcome =
             LookupOutcome { threshold: ask.threshold, miss_reason: MissReason::Empty, ..Default::default() };
         let now = self.now();
-        let candidates: Vec<Candidate> = partition.search(vector, CANDIDATES);
-        let full = candidates.len() == CANDIDATES;
-        let known = self.ledger.candidates(candidates.iter().map(|c| c.id));
-        let screened = self.learning.screen(ask.query_id, candidates.iter().map(|c| c.id));
-        let live: Vec<Live> = candidates
-            .iter()
-            .zip(known)
+        let (neighbours, full) = self.live_neighbours(partition, vector, now);
+        let screened = self.learning.screen(ask.query_id, neighbours.iter().map(|n| n.id));
+        let live: Vec<Live> = neighbours
+            .into_iter()
             .zip(screened)
-            .filter_map(|((c, known), offset)| {
-                let (expires_at, answer) = known?;
-                // Expired but not yet swept: never served.
-                (expires_at == 0 || expires_at > now).then_some(Live {
-                    id: c.id,
-                    similarity: c.similarity.clamp(-1.0, 1.0),
-                    answer,
-                    offset: offset?,
-                })
+            .filter_map(|(n, offset)| {
+                Some(Live { id: n.id, similarity: n.similarity, answer: n.answer, offset: offset? })
             })
             .collect();
         for (i, candidate) in live.iter().enumerate() {
@@ -222,6 +220,28 @@ impl Cache {
             return Ok(self.hit(outcome, entry, now));
         }
         Ok(outcome)
+    }
+
+    /// The live candidates of a search, nearest first, from the ledger (no RocksDB read), and
+    /// whether the search returned as many as it was asked for.
+    pub(super) fn live_neighbours(&self, partition: &Partition, vector: &[f32], now: i64) -> (Vec<Neighbour>, bool) {
+        let candidates: Vec<Candidate> = partition.search(vector, CANDIDATES);
+        let full = candidates.len() == CANDIDATES;
+        let known = self.ledger.candidates(candidates.iter().map(|c| c.id));
+        let live = candidates
+            .iter()
+            .zip(known)
+            .filter_map(|(c, known)| {
+                let (expires_at, answer) = known?;
+                // Expired but not yet swept: never served.
+                (expires_at == 0 || expires_at > now).then_some(Neighbour {
+                    id: c.id,
+                    similarity: c.similarity.clamp(-1.0, 1.0),
+                    answer,
+                })
+            })
+            .collect();
+        (live, full)
     }
 
     /// A hit: counted and made most recently used in memory only (flushed lazily). An entry

@@ -8,7 +8,6 @@
 
 use super::counters::Counters;
 use super::learner::{Budget, Cells, EntryEvidence, Features, Fit, Offset, Source};
-use super::lookup::CANDIDATES;
 use super::namespaces::NamespaceState;
 use super::probe::{Probe, Signer};
 use super::{validate, Cache, CacheError, Evidence, FeedbackOutcome, FeedbackRequest, Observation};
@@ -340,19 +339,11 @@ impl Cache {
         let mut neighbours = vec![(similarity, answer)];
         let mut full = false;
         if let Some(partition) = self.index.partition(&entry.namespace, &keys::scope_id(&entry.scope)) {
-            let candidates = partition.search(vector, CANDIDATES);
-            full = candidates.len() == CANDIDATES;
-            let others: Vec<_> = candidates.into_iter().filter(|c| c.id != entry.id).collect();
-            let known = self.ledger.candidates(others.iter().map(|c| c.id));
-            for (c, known) in others.iter().zip(known) {
-                if let Some((expires_at, answer)) = known {
-                    if expires_at == 0 || expires_at > now {
-                        neighbours.push((c.similarity.clamp(-1.0, 1.0), answer));
-                    }
-                }
-            }
+            let (others, searched_full) = self.live_neighbours(&partition, vector, now);
+            full = searched_full;
+            // Nearest first already; the entry itself is put in front, wherever it ranked.
+            neighbours.extend(others.iter().filter(|n| n.id != entry.id).map(|n| (n.similarity, n.answer)));
         }
-        neighbours[1..].sort_by(|a, b| b.0.total_cmp(&a.0));
         Features::of(&neighbours, full).expect("the entry itself is there")
     }
 }

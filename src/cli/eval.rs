@@ -195,11 +195,9 @@ async fn run_stream(args: &EvalArgs, path: &std::path::Path) -> anyhow::Result<(
     let pairs = &args.pairs;
     let s = &args.stream;
     let mut utterances = stream::read_stream(path, s.split.as_deref())?;
-    if pairs.limit > 0 && pairs.limit < utterances.len() {
+    if pairs.limit > 0 {
         // A seeded sample, in file order (the replays shuffle it).
-        let keep: std::collections::BTreeSet<usize> =
-            stream::order(&utterances, pairs.seed.wrapping_add(1 << 32)).into_iter().take(pairs.limit).collect();
-        utterances = keep.into_iter().map(|i| utterances[i].clone()).collect();
+        utterances = eval::sample(utterances, pairs.limit, pairs.seed);
     }
     for d in &s.error_bounds {
         anyhow::ensure!(*d > 0.0 && *d < 0.5, "--error-bounds: {d} is not in (0, 0.5)");

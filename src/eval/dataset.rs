@@ -7,7 +7,6 @@
 //! published sets have no such rows.
 
 use super::EvalError;
-use crate::rng::SplitMix64;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::path::Path;
@@ -290,23 +289,18 @@ fn row_error(path: &Path, at: Position, what: &str) -> EvalError {
 /// their original order, for `--limit`. The subset depends only on `seed` and the number of
 /// pairs, and a smaller `n` picks a subset of a larger one with the same seed, so a quick run
 /// on few pairs is a sample of the full run.
-pub fn sample(pairs: Vec<Pair>, n: usize, seed: u64) -> Vec<Pair> {
-    let len = pairs.len();
+pub fn sample<T>(items: Vec<T>, n: usize, seed: u64) -> Vec<T> {
+    let len = items.len();
     if n >= len {
-        return pairs;
+        return items;
     }
-    // The first n steps of a Fisher-Yates shuffle: the picks do not depend on n.
     let mut order: Vec<usize> = (0..len).collect();
-    let mut rng = SplitMix64::new(seed);
-    for i in 0..n {
-        let j = i + rng.below((len - i) as u64) as usize;
-        order.swap(i, j);
-    }
+    crate::rng::shuffle(&mut order, seed);
     let mut keep = vec![false; len];
     for &i in &order[..n] {
         keep[i] = true;
     }
-    pairs.into_iter().zip(keep).filter_map(|(pair, keep)| keep.then_some(pair)).collect()
+    items.into_iter().zip(keep).filter_map(|(item, keep)| keep.then_some(item)).collect()
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@
 use super::EvalError;
 use crate::client::{self, Client, ClientArgs};
 use crate::proto::{ConfigureNamespaceRequest, DropNamespaceRequest, LookupRequest, MissReason, StoreRequest};
-use crate::rng::SplitMix64;
 use futures_util::{StreamExt, TryStreamExt};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -138,14 +137,10 @@ pub struct StreamConfig {
     pub keep: bool,
 }
 
-/// The stream in a seeded order (a Fisher-Yates shuffle).
+/// The stream in a seeded order.
 pub fn order(utterances: &[Utterance], seed: u64) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..utterances.len()).collect();
-    let mut rng = SplitMix64::new(seed);
-    for i in (1..idx.len()).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
-        idx.swap(i, j);
-    }
+    crate::rng::shuffle(&mut idx, seed);
     idx
 }
 

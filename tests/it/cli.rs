@@ -93,10 +93,8 @@ fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/eval_sample/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs the binary off the async threads (the server under test shares the runtime).
 async fn run(args: Vec<String>) -> (bool, String, String) {
-    let out = tokio::task::spawn_blocking(move || semcache().args(&args).output().unwrap()).await.unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    common::process::run(&args).await
 }
 
 fn args(list: &[&str]) -> Vec<String> {

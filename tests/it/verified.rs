@@ -3,7 +3,7 @@
 //! `semcache eval --stream` on a Banking77 sample.
 
 use crate::harness::{self as common, lookup, lookup_req, store_req, TestServer};
-use common::process::semcache;
+use common::process::run;
 use semcache::config::ServeArgs;
 use semcache::proto::*;
 use tonic::Code;
@@ -187,19 +187,11 @@ async fn what_was_learned_survives_a_restart_and_moves_with_export_and_import() 
     let other = TestServer::start(other_dir.path()).await;
     let file = dir.path().join("support.jsonl");
     let (addr, other_addr) = (format!("http://{}", server.addr), format!("http://{}", other.addr));
-    let file_arg = file.to_str().unwrap().to_owned();
-    let out = tokio::task::spawn_blocking(move || {
-        let export = semcache()
-            .args(["export", "--addr", &addr, "--namespace", "support", "--output", &file_arg])
-            .output()
-            .unwrap();
-        let import = semcache().args(["import", &file_arg, "--addr", &other_addr]).output().unwrap();
-        (export, import)
-    })
-    .await
-    .unwrap();
-    assert!(out.0.status.success(), "{}", String::from_utf8_lossy(&out.0.stderr));
-    assert!(out.1.status.success(), "{}", String::from_utf8_lossy(&out.1.stderr));
+    let file_arg = file.to_str().unwrap();
+    let (ok, _, stderr) = run(&["export", "--addr", &addr, "--namespace", "support", "--output", file_arg]).await;
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = run(&["import", file_arg, "--addr", &other_addr]).await;
+    assert!(ok, "{stderr}");
     assert!(std::fs::read_to_string(&file).unwrap().contains("\"evidence\""));
     assert_eq!(exported(other.client.clone()).await, with_two, "imported with what it had learned");
     other.stop().await;
@@ -213,18 +205,23 @@ async fn a_banking77_stream_replayed_stays_within_its_error_bound() {
     let addr = format!("http://{}", server.addr);
     let stream = format!("{}/tests/fixtures/intent_stream/banking77_test_10_intents.jsonl", env!("CARGO_MANIFEST_DIR"));
     let plot = dir.path().join("stream.svg");
-    let plot_arg = plot.to_str().unwrap().to_owned();
-    let out = tokio::task::spawn_blocking(move || {
-        semcache()
-            .args(["eval", "--addr", &addr, "--stream", &stream, "--orders", "1", "--thresholds", "0.86,0.9"])
-            .args(["--error-bounds", "0.05", "--plot", &plot_arg])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, stdout, stderr) = run(&[
+        "eval",
+        "--addr",
+        &addr,
+        "--stream",
+        &stream,
+        "--orders",
+        "1",
+        "--thresholds",
+        "0.86,0.9",
+        "--error-bounds",
+        "0.05",
+        "--plot",
+        plot.to_str().unwrap(),
+    ])
+    .await;
+    assert!(ok, "{stdout}\n{stderr}");
     assert!(stdout.contains("banking77_test_10_intents.jsonl: 399 lookups per replay"), "{stdout}");
     for row in ["| static 0.860 |", "| static 0.900 |", "| verified δ=0.05 |"] {
         assert!(stdout.contains(row), "{row} in {stdout}");

@@ -24,6 +24,14 @@ pub fn semcache() -> Command {
     cmd
 }
 
+/// Runs `semcache ARGS` to completion off the async threads (a server under test may share the
+/// runtime): whether it succeeded, its stdout and its stderr.
+pub async fn run<S: AsRef<str>>(args: &[S]) -> (bool, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.as_ref().to_owned()).collect();
+    let out = tokio::task::spawn_blocking(move || semcache().args(&args).output().unwrap()).await.unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
 /// A running `semcache serve`. Dropping it kills the process, so a failing assertion never
 /// leaves a server running behind the test.
 pub struct Server {
