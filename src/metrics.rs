@@ -6,6 +6,7 @@
 //! the model thread sees (batch sizes) are histograms observed where they happen.
 
 use crate::cache::{Cache, LookupOutcome, Stats};
+use crate::store::Writability;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -201,6 +202,9 @@ impl Collector for CacheCollector {
         let rate = by_namespace(|s| Value::Amount(s.estimated_error_rate));
         let help = "Verified mode's estimate of wrong hits per lookup since start";
         family(e, "estimated_error_rate", help, gauge, &rate)?;
+        let writable = Value::Count(u64::from(self.cache.writability() == Writability::Writable));
+        let help = "1 while the data dir takes writes; 0 while Stores are refused (disk full or a failed write)";
+        family(e, "storage_writable", help, gauge, &vec![(Vec::new(), writable)])?;
         let depth = Value::Count(self.cache.embed_queue_depth() as u64);
         family(e, "embed_queue_depth", "Texts waiting for the model", gauge, &vec![(Vec::new(), depth)])
     }

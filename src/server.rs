@@ -226,11 +226,14 @@ async fn serve(
     // Namespace settings from the config file, applied before the first request.
     for update in &args.namespaces {
         let name = update.name.clone();
-        cache
-            .configure_namespace(update.clone())
-            .await
-            .map_err(|e| ServeError::Config(format!("namespaces.{name}: {e}")))?;
-        tracing::info!(namespace = %name, "namespace configured from the config file");
+        match cache.configure_namespace(update.clone()).await {
+            Ok(_) => tracing::info!(namespace = %name, "namespace configured from the config file"),
+            // Serving what is stored beats refusing to start; the settings apply next start.
+            Err(CacheError::Storage(e)) if e.is_full() => {
+                tracing::warn!(namespace = %name, error = %e, "namespace settings from the config file not applied")
+            }
+            Err(e) => return Err(ServeError::Config(format!("namespaces.{name}: {e}"))),
+        }
     }
     let maintenance = Maintenance::start(
         cache.clone(),

@@ -6,6 +6,7 @@
 //! each finishes its current step, then the last flush and checkpoint are written.
 
 use super::{Cache, CacheError};
+use crate::store::Writability;
 use parking_lot::{Condvar, Mutex};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -89,6 +90,11 @@ impl Maintenance {
 fn lifecycle(cache: &Cache, stop: &Stop, settings: MaintenanceSettings) {
     let mut last_flush = Instant::now();
     while stop.wait(settings.tick) {
+        // Every task below writes; while the data dir refuses writes they would only fail
+        // (and log) once a tick. The store reports the state once and is rechecked here.
+        if cache.recheck_storage() != Writability::Writable {
+            continue;
+        }
         match cache.sweep_expired(SWEEP_PER_TICK) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(entries = n, "expired entries purged"),
@@ -122,12 +128,15 @@ fn index(cache: &Cache, stop: &Stop, settings: MaintenanceSettings) {
     let mut last_checkpoint = Instant::now();
     while stop.wait(settings.tick) {
         cache.rebuild_partitions();
-        if last_checkpoint.elapsed() >= settings.checkpoint_every {
+        // A checkpoint on a disk that refuses writes fails; the previous one stays in place.
+        if last_checkpoint.elapsed() >= settings.checkpoint_every && cache.writability() == Writability::Writable {
             cache.checkpoint();
             last_checkpoint = Instant::now();
         }
     }
-    cache.checkpoint();
+    if cache.writability() == Writability::Writable {
+        cache.checkpoint();
+    }
 }
 
 impl Cache {
@@ -154,6 +163,17 @@ impl Cache {
     /// Rebuilds partitions that outgrew their structure; see `Index::rebuild_where_needed`.
     pub fn rebuild_partitions(&self) -> usize {
         self.index.rebuild_where_needed()
+    }
+
+    /// Whether the data dir takes writes now.
+    pub fn writability(&self) -> Writability {
+        self.store.writability()
+    }
+
+    /// Whether the data dir takes writes, checking again (at most once a second) if it did
+    /// not: a full disk that has room again takes writes from here on.
+    pub fn recheck_storage(&self) -> Writability {
+        self.store.recheck()
     }
 
     /// Checkpoints the graphs that changed; see `Index::checkpoint`.

@@ -6,6 +6,7 @@
 
 use crate::cache::CacheError;
 use crate::embed::EmbedError;
+use crate::store::StoreError;
 use std::time::Duration;
 use tonic::Status;
 
@@ -38,14 +39,30 @@ impl From<CacheError> for Status {
             // Not transient: retrying changes nothing until an operator acts.
             CacheError::LimitReached { .. } => Status::resource_exhausted(message),
             CacheError::Embed(e) => embed_status(e, message),
-            CacheError::Storage(e) => {
-                tracing::error!(error = %e, "storage failure");
-                Status::internal("storage failure; the server log has the details")
-            }
+            CacheError::Storage(e) => storage_status(e, message),
             CacheError::Internal(what) => {
                 tracing::error!(error = %what, "internal error");
                 Status::internal(message)
             }
+        }
+    }
+}
+
+fn storage_status(err: StoreError, message: String) -> Status {
+    match err {
+        // Reported once, when the store changes state (log and metric), not per request.
+        StoreError::Full { .. } => Status::resource_exhausted(message),
+        StoreError::WriteFailed { .. } => Status::unavailable(message),
+        StoreError::Damaged { .. } | StoreError::Corrupt { .. } => {
+            tracing::error!(error = %message, "damaged data");
+            Status::data_loss(message)
+        }
+        StoreError::Rocks { .. }
+        | StoreError::Foreign { .. }
+        | StoreError::Schema { .. }
+        | StoreError::NotWritable { .. } => {
+            tracing::error!(error = %message, "storage failure");
+            Status::internal("storage failure; the server log has the details")
         }
     }
 }
@@ -95,6 +112,9 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (EmbedError::Model("boom".into()).into(), Code::Internal),
+            (StoreError::Full { path: "/d".into(), detail: "ENOSPC".into() }.into(), Code::ResourceExhausted),
+            (StoreError::WriteFailed { path: "/d".into(), detail: "EIO".into() }.into(), Code::Unavailable),
+            (StoreError::Damaged { path: "/d".into(), detail: "checksum".into() }.into(), Code::DataLoss),
             (CacheError::Internal("Lookup failed unexpectedly".into()), Code::Internal),
         ];
         for (err, code) in cases {

@@ -52,7 +52,9 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Dumps `hnsw` as the checkpoint of its partition and swaps it in.
+/// Dumps `hnsw` as the checkpoint of its partition and swaps it in. On failure the previous
+/// checkpoint is left as it was and the half-written one is removed (on a full disk it would
+/// otherwise hold the space that the next try needs).
 pub fn write(graphs: &Path, hnsw: &Hnsw<'static, f32, DistDot>, meta: &Meta) -> io::Result<()> {
     let key = key(&meta.namespace, &parse_scope(&meta.scope).expect("scope hex we wrote"));
     fs::create_dir_all(graphs)?;
@@ -61,8 +63,16 @@ pub fn write(graphs: &Path, hnsw: &Hnsw<'static, f32, DistDot>, meta: &Meta) -> 
         fs::remove_dir_all(&fresh)?;
     }
     fs::create_dir(&fresh)?;
+    if let Err(e) = write_fresh(&fresh, hnsw, meta) {
+        let _ = fs::remove_dir_all(&fresh);
+        return Err(e);
+    }
+    swap_in(graphs, &key, &fresh)
+}
+
+fn write_fresh(fresh: &Path, hnsw: &Hnsw<'static, f32, DistDot>, meta: &Meta) -> io::Result<()> {
     // hnsw_rs reports failures as panics or as anyhow errors; both become io errors here.
-    let dumped = catch_unwind(AssertUnwindSafe(|| hnsw.file_dump(&fresh, BASENAME)))
+    let dumped = catch_unwind(AssertUnwindSafe(|| hnsw.file_dump(fresh, BASENAME)))
         .map_err(|_| io::Error::other("hnsw_rs panicked while dumping the graph"))?
         .map_err(|e| io::Error::other(format!("hnsw_rs could not dump the graph: {e}")))?;
     if dumped != BASENAME {
@@ -74,9 +84,11 @@ pub fn write(graphs: &Path, hnsw: &Hnsw<'static, f32, DistDot>, meta: &Meta) -> 
     let json = serde_json::to_vec_pretty(meta).map_err(io::Error::other)?;
     fs::write(fresh.join(META), json)?;
     File::open(fresh.join(META))?.sync_all()?;
-    sync_dir(&fresh)?;
+    sync_dir(fresh)
+}
 
-    let current = graphs.join(&key);
+fn swap_in(graphs: &Path, key: &str, fresh: &Path) -> io::Result<()> {
+    let current = graphs.join(key);
     let old = graphs.join(format!("{key}.old"));
     if current.exists() {
         if old.exists() {
@@ -84,7 +96,7 @@ pub fn write(graphs: &Path, hnsw: &Hnsw<'static, f32, DistDot>, meta: &Meta) -> 
         }
         fs::rename(&current, &old)?;
     }
-    fs::rename(&fresh, &current)?;
+    fs::rename(fresh, &current)?;
     sync_dir(graphs)?;
     if old.exists() {
         fs::remove_dir_all(&old)?;

@@ -253,26 +253,6 @@ async fn namespaces_are_listed_and_unknown_ones_are_not_found() {
 }
 
 /// A GET over plain HTTP/1.1, enough for the metrics endpoint without an HTTP client crate.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body
-}
-
-/// The value of the sample line that starts with `series ` (name and labels as exposed).
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_savings_count_a_known_sequence() {
     let dir = tempfile::tempdir().unwrap();
@@ -318,6 +298,7 @@ async fn metrics_and_savings_count_a_known_sequence() {
         ("semcache_lookup_duration_seconds_count{outcome=\"miss\"}", 1.0),
         ("semcache_miss_similarity_count", 1.0),
         ("semcache_embed_queue_depth", 0.0),
+        ("semcache_storage_writable", 1.0),
     ] {
         assert_eq!(sample(&text, series), value, "{series}");
     }

@@ -10,6 +10,7 @@ mod config;
 mod crash;
 mod embed_parity;
 mod errors;
+mod faults;
 mod lifecycle;
 mod overload;
 mod quality;
