@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and serving semcache needs on a fresh Debian/Ubuntu machine and
-# fetches the default model. Safe to run again: it only does what is missing.
+# fetches the default model. Safe to run again: it only does what is missing. Arguments name
+# further commands to install from the Debian package of the same name (the tests need strace).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -9,6 +10,9 @@ missing=()
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
+for tool in "$@"; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
 if ((${#missing[@]})); then
   sudo=""
   [[ $(id -u) -eq 0 ]] || sudo="sudo"

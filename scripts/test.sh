@@ -3,5 +3,6 @@
 # real model and RocksDB). Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-scripts/setup.sh
+# The fault tests fail fsyncs and writes of a running server with `strace --inject`.
+scripts/setup.sh strace
 cargo test "$@"

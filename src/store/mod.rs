@@ -97,7 +97,8 @@ pub enum StoreError {
     WriteFailed { path: PathBuf, detail: String },
     #[error(
         "data dir {path} is damaged: {detail}. Nothing damaged is served. Restore the data dir from \
-         a backup (or import a `semcache export` into a new one), or start on a new --data-dir"
+         a backup, or start on a new --data-dir (empty, or filled by `semcache import` from an \
+         export taken earlier)"
     )]
     Damaged { path: PathBuf, detail: String },
     #[error(
@@ -354,18 +355,19 @@ impl Store {
 
     /// What a failed write means, recorded for the writes after it.
     fn write_failed(&self, source: rocksdb::Error) -> StoreError {
-        let path = self.path.clone();
-        let fault = health::classify(&source);
-        let detail = source.into_string();
-        let (state, err) = match fault {
-            Fault::NoSpace => (Writability::Full, StoreError::Full { path, detail }),
-            Fault::Corruption => return StoreError::Damaged { path, detail },
-            Fault::Io | Fault::Other => (Writability::Failed, StoreError::WriteFailed { path, detail }),
+        let state = match health::classify(&source) {
+            Fault::NoSpace => Writability::Full,
+            Fault::Io => Writability::Failed,
+            // Not the disk's doing (a damaged table met by the write, a refused argument):
+            // later writes are not affected.
+            Fault::Corruption | Fault::Other => return self.rocks(source),
         };
-        if let StoreError::Full { detail, .. } | StoreError::WriteFailed { detail, .. } = &err {
-            self.health.set(&self.path, state, detail);
+        let (path, detail) = (self.path.clone(), source.into_string());
+        self.health.set(&path, state, &detail);
+        match state {
+            Writability::Full => StoreError::Full { path, detail },
+            _ => StoreError::WriteFailed { path, detail },
         }
-        err
     }
 
     fn corrupt(&self, cf: &'static str, key: &[u8], reason: impl ToString) -> StoreError {
@@ -712,6 +714,26 @@ mod tests {
         store.write(b).unwrap();
         assert_eq!(store.scan_catalog().count(), 3, "entry and catalog row go together");
         assert_eq!(store.scan_all().count(), 3);
+    }
+
+    #[test]
+    fn scans_read_in_chunks_see_every_row_once_in_order_and_stop_at_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rows = 2 * SCAN_CHUNK as u64 + 7;
+        let mut b = store.batch();
+        for id in 1..=rows {
+            b.put_entry(&entry("a", id), &CatalogRecord { scope_id: vec![0; 16], ..Default::default() });
+        }
+        for (ns, id) in [("ab", 1), ("b", 2)] {
+            b.put_entry(&entry(ns, id), &CatalogRecord { scope_id: vec![0; 16], ..Default::default() });
+        }
+        store.write(b).unwrap();
+        let ids: Vec<u64> = store.scan_namespace("a").map(|e| e.unwrap().id).collect();
+        assert_eq!(ids, (1..=rows).collect::<Vec<_>>());
+        assert_eq!(store.scan_all().count() as u64, rows + 2);
+        assert_eq!(store.scan_catalog().count() as u64, rows + 2);
+        assert_eq!(store.writability(), Writability::Writable);
     }
 
     #[test]

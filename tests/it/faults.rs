@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -245,4 +245,322 @@ async fn a_full_disk_refuses_stores_serves_lookups_and_takes_writes_again_once_s
     let served = entries(&mut client).await;
     server.terminate().await;
     assert_on_disk(&data, &acked, served);
+}
+
+/// `strace` attached to a running server, failing `syscalls` with EIO (only those on `path`,
+/// if given) until dropped, when it detaches and the syscalls work again.
+struct Injector {
+    child: Child,
+}
+
+impl Injector {
+    /// `None` where strace is missing or may not attach (ptrace not allowed).
+    fn attach(pid: u32, syscalls: &str, path: Option<&Path>, log: &Path) -> Option<Self> {
+        let mut cmd = Command::new("strace");
+        cmd.args(["-f", "-p", &pid.to_string(), "-e"])
+            .arg(format!("trace={syscalls}"))
+            .arg("-e")
+            .arg(format!("inject={syscalls}:error=EIO"))
+            .args(["-o", "/dev/null"]);
+        if let Some(path) = path {
+            cmd.arg("-P").arg(path);
+        }
+        let out = std::fs::File::create(log).unwrap();
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(out).spawn().ok()?;
+        let mut injector = Self { child };
+        // strace says "Process N attached with M threads" once it holds every thread.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(log).unwrap_or_default().contains("attached") {
+            if injector.child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(injector)
+    }
+}
+
+impl Drop for Injector {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The WAL RocksDB is appending to now.
+fn current_wal(data: &Path) -> PathBuf {
+    std::fs::read_dir(data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .max()
+        .expect("a WAL in the data dir")
+}
+
+/// Stores that meet failing syscalls are refused as UNAVAILABLE and never acknowledged;
+/// Lookups keep hitting; a restart recovers with every acknowledged Store and takes writes.
+async fn failing_syscalls_refuse_stores(test: &str, syscalls: &str, only_the_wal: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let metrics = free_port();
+    let metrics_arg = metrics.to_string();
+    let args = ["--metrics-listen", &metrics_arg, "--sweep-interval-ms", "100"];
+    let (mut server, channel) = Server::start(&data, tmp.path().join("server.log"), &args).await;
+    let mut client = SemanticCacheClient::new(channel);
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        acked.push(store_one(&mut client, i, 500).await.unwrap());
+    }
+    let wal = only_the_wal.then(|| current_wal(&data));
+    let Some(injector) = Injector::attach(server.child.id(), syscalls, wal.as_deref(), &tmp.path().join("strace.log"))
+    else {
+        return skipped(test, "strace is missing or may not attach here");
+    };
+    let refused = store_one(&mut client, 100, 500).await.expect_err("a Store whose write failed");
+    println!("{test}: the client saw {:?}: {}", refused.code(), refused.message());
+    assert_eq!(refused.code(), Code::Unavailable, "{test}: {refused:?}");
+    assert!(refused.message().contains("nothing of it was acknowledged"), "{test}: {}", refused.message());
+    let held = entries(&mut client).await;
+    assert_eq!(held, acked.len() as u64, "{test}: the refused Store is not half-visible");
+    assert_all_hit(&mut client, &acked, test).await;
+    assert_eq!(writable_metric(metrics).await, 0.0);
+    drop(injector);
+
+    // The disk works again, but RocksDB no longer trusts its log: still refused, still served.
+    let after = store_one(&mut client, 101, 500).await.expect_err("refused until a restart");
+    assert_eq!(after.code(), Code::Unavailable, "{test}: {after:?}");
+    assert_all_hit(&mut client, &acked, test).await;
+    let output = server.output();
+    assert_eq!(count(&output, "a write to the data dir failed"), 1, "{test}: logged once:\n{output}");
+    assert!(!output.contains("panicked"), "{output}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let (server, channel) = Server::start(&data, tmp.path().join("restart.log"), &args).await;
+    let mut client = SemanticCacheClient::new(channel);
+    assert_all_hit(&mut client, &acked, "after the restart").await;
+    // The refused Store's record may have reached the disk before its fsync failed; if so the
+    // restart replays it (it was never acknowledged, so either outcome is allowed).
+    println!("{test}: {} entries after the restart for {} acknowledged", entries(&mut client).await, acked.len());
+    acked.push(store_one(&mut client, 102, 500).await.expect("a restart takes writes again"));
+    assert_eq!(writable_metric(metrics).await, 1.0);
+    let served = entries(&mut client).await;
+    server.terminate().await;
+    assert_on_disk(&data, &acked, served);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_fsync_refuses_the_store_and_loses_nothing_acknowledged() {
+    failing_syscalls_refuse_stores("failing fsync", "fsync,fdatasync", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_wal_write_refuses_the_store_and_loses_nothing_acknowledged() {
+    failing_syscalls_refuse_stores("failing write", "write,pwrite64,writev,pwritev", true).await;
+}
+
+/// The server must refuse to start: its output (the reason) once it exited.
+async fn refused_start(data: &Path, log: PathBuf) -> String {
+    let mut server = Server::spawn(data, log, &[]);
+    let output = server.wait_serving().await.expect_err("semcache must refuse to start");
+    assert!(!output.contains("panicked"), "a refusal, not a panic:\n{output}");
+    output
+}
+
+fn sst_files(data: &Path) -> Vec<(PathBuf, u64)> {
+    let mut files: Vec<(PathBuf, u64)> = std::fs::read_dir(data)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "sst"))
+        .map(|e| (e.path(), e.metadata().unwrap().len()))
+        .collect();
+    files.sort_by_key(|(_, len)| std::cmp::Reverse(*len));
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_sst_refuses_the_start_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (server, channel) = Server::start(&data, tmp.path().join("server.log"), &[]).await;
+    let mut client = SemanticCacheClient::new(channel);
+    // More than one 16 MiB memtable of entries, so that RocksDB writes an SST of them.
+    for i in 0..100 {
+        store_one(&mut client, i, 200 << 10).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sst_files(&data).first().is_none_or(|(_, len)| *len < 8 << 20) {
+        assert!(Instant::now() < deadline, "RocksDB wrote no SST of the entries");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.terminate().await;
+
+    // A few bytes in the middle of the biggest SST go bad, as a failing disk would return them.
+    let (sst, len) = sst_files(&data).remove(0);
+    let mut bytes = std::fs::read(&sst).unwrap();
+    let middle = (len / 2) as usize;
+    for b in &mut bytes[middle..middle + 16] {
+        *b ^= 0xFF;
+    }
+    std::fs::write(&sst, bytes).unwrap();
+
+    let output = refused_start(&data, tmp.path().join("damaged.log")).await;
+    let name = sst.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(output.contains(&name), "the refusal names the damaged file {name}:\n{output}");
+    assert!(output.contains("is damaged") && output.contains("Restore the data dir"), "{output}");
+    println!("damaged SST: {}", output.lines().rev().find(|l| l.contains("damaged")).unwrap_or_default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_wal_tail_costs_only_the_torn_record_and_the_index_follows_rocksdb() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // Small graphs checkpointed every second, so the checkpoint holds the entry that is torn.
+    let args = ["--exact-scan-limit", "4", "--checkpoint-interval-seconds", "1", "--sweep-interval-ms", "100"];
+    let (server, channel) = Server::start(&data, tmp.path().join("server.log"), &args).await;
+    let mut client = SemanticCacheClient::new(channel);
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        acked.push(store_one(&mut client, i, 300).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(server.output().contains("graph checkpoint written"), "{}", server.output());
+    server.sigkill();
+
+    // Power lost mid-write: the WAL's last bytes never reached the disk.
+    let wal = current_wal(&data);
+    let len = std::fs::metadata(&wal).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&wal).unwrap().set_len(len - 100).unwrap();
+
+    let (server, channel) = Server::start(&data, tmp.path().join("restart.log"), &args).await;
+    let mut client = SemanticCacheClient::new(channel);
+    let torn = acked.pop().unwrap();
+    assert_all_hit(&mut client, &acked, "after a torn WAL tail").await;
+    let r = client.lookup(lookup_req(NS, &torn.query)).await.unwrap().into_inner();
+    assert!(r.entry.as_ref().is_none_or(|e| e.id != torn.id), "the torn entry is gone from the index too: {r:?}");
+    let next = store_one(&mut client, 31, 300).await.unwrap();
+    let highest: u64 = acked.iter().chain([&torn]).map(|a| a.id.parse::<u64>().unwrap()).max().unwrap();
+    assert!(next.id.parse::<u64>().unwrap() > highest, "ids are never handed out twice");
+    acked.push(next);
+    let served = entries(&mut client).await;
+    assert_eq!(served, acked.len() as u64);
+    server.terminate().await;
+    assert_on_disk(&data, &acked, served);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_data_dir_is_refused_at_start_with_its_path_and_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = is_root();
+    // Root writes through file modes, so for root the directory is a read-only mount.
+    let disk = if root {
+        match Tmpfs::mount(&tmp.path().join("disk"), 16) {
+            Some(disk) => Some(disk),
+            None => return skipped("read-only data dir", "running as root but cannot mount a tmpfs"),
+        }
+    } else {
+        None
+    };
+    let data = disk.as_ref().map_or_else(|| tmp.path().join("data"), |d| d.dir.join("data"));
+    let (server, channel) = Server::start(&data, tmp.path().join("server.log"), &[]).await;
+    let mut client = SemanticCacheClient::new(channel);
+    let acked = vec![store_one(&mut client, 1, 300).await.unwrap()];
+    server.terminate().await;
+
+    let set_read_only = |read_only: bool| match &disk {
+        Some(disk) => disk.remount(if read_only { "ro" } else { "rw" }),
+        None => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = if read_only { 0o555 } else { 0o755 };
+            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+    };
+    set_read_only(true);
+    let output = refused_start(&data, tmp.path().join("read-only.log")).await;
+    set_read_only(false);
+    assert!(output.contains(&data.display().to_string()), "the refusal names the data dir:\n{output}");
+    let reason = if root { "Read-only file system" } else { "Permission denied" };
+    assert!(output.contains(reason) && output.contains("cannot be written"), "{output}");
+    println!("read-only data dir: {}", output.lines().rev().find(|l| l.contains("cannot be written")).unwrap());
+
+    // Nothing was changed by the refused start.
+    let (server, channel) = Server::start(&data, tmp.path().join("again.log"), &[]).await;
+    let mut client = SemanticCacheClient::new(channel);
+    assert_all_hit(&mut client, &acked, "after the read-only start").await;
+    server.terminate().await;
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// What a flood of large Stores costs in memory under `--max-bytes`: the entries evicted to
+/// stay within the cap, and RSS bounded by the cap-independent buffers (RocksDB's 64 MiB
+/// memtable budget and 64 MiB block cache, the requests in flight) rather than by the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_large_stores_under_max_bytes_keeps_rss_bounded() {
+    const CAP: u64 = 32 << 20;
+    const CLIENTS: usize = 8;
+    const PER_CLIENT: usize = 60;
+    const RESPONSE: usize = 256 << 10;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (cap, metrics) = (CAP.to_string(), free_port());
+    let metrics_arg = metrics.to_string();
+    let args = ["--max-bytes", &cap, "--metrics-listen", &metrics_arg, "--sweep-interval-ms", "100"];
+    let (server, channel) = Server::start(&data, tmp.path().join("server.log"), &args).await;
+    let pid = server.child.id();
+    let mut client = SemanticCacheClient::new(channel.clone());
+    store_one(&mut client, 0, 1000).await.unwrap();
+    let at_start = common::process::rss_of(pid);
+
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(at_start));
+    let sampling = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(common::process::rss_of(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let flood: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let mut client = SemanticCacheClient::new(channel.clone());
+            tokio::spawn(async move {
+                for n in 0..PER_CLIENT {
+                    store_one(&mut client, 1 + c * PER_CLIENT + n, RESPONSE).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in flood {
+        task.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sampling.abort();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let stats = client.stats(StatsRequest { namespace: String::new() }).await.unwrap().into_inner();
+    let held = sample(&http_get(metrics, "/metrics").await, &format!("semcache_bytes{{namespace=\"{NS}\"}}")) as u64;
+    let flooded = (CLIENTS * PER_CLIENT * RESPONSE) as u64;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "flood of {:.0} MiB under a {:.0} MiB cap: {} entries, {:.1} MiB held, {} evicted; RSS {:.0} MiB at start, \
+         {:.0} MiB at peak (+{:.0} MiB)",
+        mib(flooded),
+        mib(CAP),
+        stats.entries,
+        mib(held),
+        stats.evictions,
+        mib(at_start),
+        mib(peak),
+        mib(peak.saturating_sub(at_start))
+    );
+    assert!(held <= CAP, "the cap holds: {held} > {CAP}");
+    assert!(stats.evictions > 0);
+    // The README's bound: RocksDB's memtable budget and block cache (64 MiB each), plus the
+    // requests in flight and the allocator's slack; nothing that grows with the flood.
+    let bound = (64 + 64 + 32) << 20;
+    assert!(peak.saturating_sub(at_start) <= bound, "RSS grew by {:.0} MiB", mib(peak.saturating_sub(at_start)));
+    server.terminate().await;
 }
