@@ -174,7 +174,9 @@ impl StoreError {
 impl Store {
     /// Opens (or creates) the data directory, checks its schema version and every checksum.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Err(source) = health::check_writable_dir(path) {
+        // A missing dir is created by RocksDB, which says why if it cannot be.
+        let checked = if path.exists() { health::check_writable_dir(path) } else { Ok(()) };
+        if let Err(source) = checked {
             // A full disk still takes an empty file; anything else that refuses one (a
             // read-only mount, no permission) is an operator's mistake to name now.
             if source.raw_os_error() != Some(rustix::io::Errno::NOSPC.raw_os_error()) {
