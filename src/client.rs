@@ -2,7 +2,9 @@
 //! server: the flags they share, one connection with TLS and a bearer token when the server
 //! wants them, and the one error they report for anything between them and the server's answer.
 
+use crate::grpc::routing::NAMESPACE_HEADER;
 use crate::proto::semantic_cache_client::SemanticCacheClient;
+use crate::proto::{self as pb};
 use clap::Args;
 use std::path::PathBuf;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -129,6 +131,58 @@ fn code_name(code: Code) -> &'static str {
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
     }
+}
+
+/// A message about one namespace (or, with "", about all of them on one node).
+pub trait Namespaced {
+    fn namespace(&self) -> &str;
+}
+
+macro_rules! namespaced {
+    ($($message:ident . $field:ident),* $(,)?) => {
+        $(impl Namespaced for pb::$message {
+            fn namespace(&self) -> &str {
+                &self.$field
+            }
+        })*
+    };
+}
+
+namespaced!(
+    LookupRequest.namespace,
+    StoreRequest.namespace,
+    DeleteRequest.namespace,
+    FeedbackRequest.namespace,
+    StatsRequest.namespace,
+    ExportRequest.namespace,
+    ConfigureNamespaceRequest.name,
+    GetNamespaceRequest.name,
+    DropNamespaceRequest.name,
+);
+
+/// A batch is routed by its first element's namespace; the server refuses one whose other
+/// elements are of another namespace when the header is set.
+impl Namespaced for pb::BatchLookupRequest {
+    fn namespace(&self) -> &str {
+        self.requests.first().map_or("", |r| &r.namespace)
+    }
+}
+
+impl Namespaced for pb::BatchStoreRequest {
+    fn namespace(&self) -> &str {
+        self.requests.first().map_or("", |r| &r.namespace)
+    }
+}
+
+/// The message with the routing header `x-semcache-namespace`, which a proxy in front of
+/// several nodes hashes to pick the node that owns the namespace. Harmless without a proxy.
+pub fn routed<T: Namespaced>(message: T) -> Request<T> {
+    let header = message.namespace().parse::<MetadataValue<Ascii>>().ok().filter(|_| !message.namespace().is_empty());
+    let mut request = Request::new(message);
+    if let Some(value) = header {
+        request.metadata_mut().insert(NAMESPACE_HEADER, value);
+    }
+    request
 }
 
 /// Connects to the server that `args` names.

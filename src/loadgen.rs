@@ -4,6 +4,7 @@
 //! throughput and latency percentiles. It is a plain client of the public API, so it measures
 //! what a gateway would see, network stack included.
 
+use crate::client::routed;
 use crate::client::{self, Client, ClientArgs, ClientError};
 use crate::proto::{DropNamespaceRequest, LookupRequest, StoreRequest};
 use futures_util::StreamExt;
@@ -131,19 +132,19 @@ fn is_repeat(i: u64, ratio: f64) -> bool {
 pub async fn seed(client: &mut Client, config: &LoadConfig) -> Result<(), ClientError> {
     for n in 0..config.entries {
         client
-            .store(StoreRequest {
+            .store(routed(StoreRequest {
                 namespace: config.namespace.clone(),
                 query: question(n),
                 response: format!("Cached answer number {n}: a few sentences an LLM wrote earlier."),
                 ..Default::default()
-            })
+            }))
             .await?;
     }
     Ok(())
 }
 
 pub async fn drop_namespace(client: &mut Client, namespace: &str) -> Result<u64, ClientError> {
-    Ok(client.drop_namespace(DropNamespaceRequest { name: namespace.into() }).await?.into_inner().deleted)
+    Ok(client.drop_namespace(routed(DropNamespaceRequest { name: namespace.into() })).await?.into_inner().deleted)
 }
 
 /// Runs the load. `fresh` picks where the never-seen questions start, so runs against the same
@@ -173,7 +174,7 @@ pub async fn run(
             // and each puts its connection back before it counts as done: one is always idle.
             let mut client = idle.lock().expect("idle lock").pop().expect("an idle connection");
             let sent = Instant::now();
-            let answer = client.lookup(request).await;
+            let answer = client.lookup(routed(request)).await;
             let took = sent.elapsed();
             idle.lock().expect("idle lock").push(client);
             (took, answer.map(|r| r.into_inner().hit))

@@ -7,6 +7,7 @@ use crate::config::ServeArgs;
 use crate::embed::{check_model_dir, BatchConfig, EmbedError, Embedder, ModelInfo};
 use crate::grpc::admission::AdmissionLayer;
 use crate::grpc::auth::Auth;
+use crate::grpc::routing::{NodeHeaderLayer, Routing};
 use crate::grpc::{SemanticCacheServer, SemanticCacheService};
 use crate::index::IndexParams;
 use crate::metrics::Metrics;
@@ -80,8 +81,17 @@ fn check_args(args: &ServeArgs) -> Result<(), ServeError> {
     if args.ef_search == 0 {
         return Err(ServeError::Config("--ef-search must be at least 1".into()));
     }
-    if args.max_in_flight == 0 || args.max_namespaces == 0 {
-        return Err(ServeError::Config("--max-in-flight and --max-namespaces must be at least 1".into()));
+    if args.max_in_flight == 0 || args.max_namespaces == 0 || args.max_batch_requests == 0 {
+        return Err(ServeError::Config(
+            "--max-in-flight, --max-namespaces and --max-batch-requests must be at least 1".into(),
+        ));
+    }
+    if let Some(id) = &args.node_id {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            return Err(ServeError::Config(format!(
+                "--node-id {id:?}: use letters, digits, '.', '_' or '-' (it travels in a header)"
+            )));
+        }
     }
     if args.max_request_bytes < 1024 {
         return Err(ServeError::Config("--max-request-bytes must be at least 1024".into()));
@@ -321,16 +331,24 @@ async fn serve(
         (false, true) => tracing::info!(tls = true, "no tokens configured: every caller may read and write"),
         (false, false) => tracing::warn!("no tokens and no TLS: every caller may read and write"),
     }
+    let routing = Routing { node_id: args.node_id.clone(), require_header: args.require_routing_header };
+    if let Some(id) = &args.node_id {
+        tracing::info!(node = %id, require_routing_header = args.require_routing_header, "cluster node");
+    }
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
     builder
+        .layer(NodeHeaderLayer::new(args.node_id.as_deref()))
         .layer(AdmissionLayer::new(args.max_in_flight, args.max_request_bytes))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(SemanticCacheService::new(cache.clone(), metrics).into_server(auth, args.max_request_bytes))
+        .add_service(
+            SemanticCacheService::new(cache.clone(), metrics, routing, args.max_batch_requests)
+                .into_server(auth, args.max_request_bytes),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         .await?;
     // Awaited, not just aborted: the task holds the cache, and the data dir is released only

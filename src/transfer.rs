@@ -4,6 +4,7 @@
 //! lands durably with its namespace's capacity and TTL rules; export streams the Export RPC.
 //! The line format is the same both ways, so an export imports as is.
 
+use crate::client::routed;
 use crate::client::{self, Client, ClientArgs, ClientError};
 use crate::proto::{Evidence, ExportRequest, Observation, ObservationSource, StatsRequest, StoreRequest, Usage};
 use futures_util::StreamExt;
@@ -249,47 +250,112 @@ pub async fn import(
     Ok(ImportReport { imported, refused, elapsed: started.elapsed() })
 }
 
-/// Stores what the reader sends, `clients` at a time, until it stops or the server fails in a
-/// way that no retry or skip answers (the first such error wins; the stores still in flight
-/// are dropped). Returns the stores made and the lines refused.
+/// Elements of one BatchStore of an import, and the bytes they may add up to (well under the
+/// server's default 4 MiB message limit).
+const BATCH: usize = 32;
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Stores what the reader sends as BatchStores of one namespace each, `clients` batches at a
+/// time, until it stops or the server fails in a way that no retry or skip answers (the first
+/// such error wins; the batches still in flight are dropped). Returns the stores made and the
+/// lines refused.
 async fn send(
     client: Client,
     lines: tokio::sync::mpsc::Receiver<(u64, StoreRequest)>,
     clients: usize,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<(u64, Vec<(u64, String)>), TransferError> {
-    let mut stores = tokio_stream::wrappers::ReceiverStream::new(lines)
-        .map(|(line, req)| {
-            let mut client = client.clone();
-            async move { (line, store(&mut client, req).await) }
+    let mut batches = tokio_stream::wrappers::ReceiverStream::new(lines)
+        .ready_chunks(BATCH)
+        .flat_map(|lines| futures_util::stream::iter(batches_of(lines)))
+        .map(|batch| {
+            let client = client.clone();
+            async move { store_batch(&client, batch).await }
         })
         .buffer_unordered(clients);
     let (mut imported, mut refused) = (0, Vec::new());
-    while let Some((line, stored)) = stores.next().await {
-        match stored {
-            Ok(()) => {
-                imported += 1;
-                progress(imported);
-            }
-            Err(status) if status.code() == Code::InvalidArgument || status.code() == Code::FailedPrecondition => {
-                refused.push((line, status.message().to_owned()));
-            }
-            Err(status) => return Err(status.into()),
-        }
+    while let Some(stored) = batches.next().await {
+        let (stored, skipped) = stored?;
+        imported += stored;
+        refused.extend(skipped);
+        progress(imported);
     }
     Ok((imported, refused))
 }
 
-/// One Store, retried while the server's queue is full (with a growing pause).
-async fn store(client: &mut Client, req: StoreRequest) -> Result<(), tonic::Status> {
+/// Splits lines read together into batches of one namespace (behind a proxy, a batch goes to
+/// the node of its namespace) and of bounded size, in line order within each namespace.
+fn batches_of(lines: Vec<(u64, StoreRequest)>) -> Vec<Vec<(u64, StoreRequest)>> {
+    let mut by_namespace: BTreeMap<String, Vec<Vec<(u64, StoreRequest)>>> = BTreeMap::new();
+    for (line, req) in lines {
+        let batches = by_namespace.entry(req.namespace.clone()).or_default();
+        let size = |b: &Vec<(u64, StoreRequest)>| b.iter().map(|(_, r)| prost::Message::encoded_len(r)).sum::<usize>();
+        match batches.last_mut() {
+            Some(last) if last.len() < BATCH && size(last) + prost::Message::encoded_len(&req) <= BATCH_BYTES => {
+                last.push((line, req))
+            }
+            _ => batches.push(vec![(line, req)]),
+        }
+    }
+    by_namespace.into_values().flatten().collect()
+}
+
+/// A refusal of what was sent, as opposed to of the server's state: the line is skipped.
+fn refuses_the_line(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::InvalidArgument | Code::FailedPrecondition)
+}
+
+/// One BatchStore. A batch refused for one of its lines is stored line by line instead, so
+/// that only the refused lines are skipped (the server checks every element before storing
+/// any, so nothing is stored twice).
+async fn store_batch(
+    client: &Client,
+    batch: Vec<(u64, StoreRequest)>,
+) -> Result<(u64, Vec<(u64, String)>), tonic::Status> {
+    let request = crate::proto::BatchStoreRequest { requests: batch.iter().map(|(_, r)| r.clone()).collect() };
+    let batch_store = || {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move { client.batch_store(routed(request)).await }
+    };
+    match retrying(batch_store).await {
+        Ok(_) => Ok((batch.len() as u64, Vec::new())),
+        Err(status) if refuses_the_line(&status) => {
+            let (mut stored, mut refused) = (0, Vec::new());
+            for (line, req) in batch {
+                let store = || {
+                    let (mut client, req) = (client.clone(), req.clone());
+                    async move { client.store(routed(req)).await }
+                };
+                match retrying(store).await {
+                    Ok(_) => stored += 1,
+                    Err(status) if refuses_the_line(&status) => refused.push((line, status.message().to_owned())),
+                    Err(status) => return Err(status),
+                }
+            }
+            Ok((stored, refused))
+        }
+        Err(status) => Err(status),
+    }
+}
+
+/// A call, retried with a growing pause while the server refuses it for load (a refusal that
+/// says when to retry: a full queue, too many calls in flight). A full disk or a limit is not
+/// retried: waiting does not change it.
+async fn retrying<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
     let mut pause = Duration::from_millis(5);
     loop {
-        match client.store(req.clone()).await {
-            Err(status) if status.code() == Code::ResourceExhausted => {
+        match call().await {
+            Err(status)
+                if status.code() == Code::ResourceExhausted && status.metadata().get("retry-after").is_some() =>
+            {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
-            other => return other.map(|_| ()),
+            other => return other,
         }
     }
 }
@@ -297,7 +363,7 @@ async fn store(client: &mut Client, req: StoreRequest) -> Result<(), tonic::Stat
 /// Entries the server holds for an export of `namespace` ("" = all), for a progress bar.
 pub async fn count(server: &ClientArgs, namespace: &str) -> Result<u64, TransferError> {
     let mut client = client::connect(server).await?;
-    Ok(client.stats(StatsRequest { namespace: namespace.to_owned() }).await?.into_inner().entries)
+    Ok(client.stats(routed(StatsRequest { namespace: namespace.to_owned() })).await?.into_inner().entries)
 }
 
 /// Writes every live entry of `namespace` ("" = all) to `out` as JSON lines.
@@ -308,7 +374,7 @@ pub async fn export(
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<u64, TransferError> {
     let mut client = client::connect(server).await?;
-    let mut stream = client.export(ExportRequest { namespace: namespace.to_owned() }).await?.into_inner();
+    let mut stream = client.export(routed(ExportRequest { namespace: namespace.to_owned() })).await?.into_inner();
     let io = |source| TransferError::Io { path: "output".into(), source };
     let mut written = 0;
     while let Some(entry) = stream.message().await? {
@@ -347,6 +413,31 @@ pub async fn export(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn import_batches_hold_one_namespace_a_bounded_size_and_the_line_order() {
+        let req = |ns: &str, bytes: usize| StoreRequest {
+            namespace: ns.into(),
+            query: "q".into(),
+            response: "r".repeat(bytes),
+            ..Default::default()
+        };
+        let mut lines: Vec<(u64, StoreRequest)> =
+            (1..=40).map(|l| (l, req(if l % 2 == 0 { "a" } else { "b" }, 10))).collect();
+        lines.extend((41..=44).map(|l| (l, req("c", BATCH_BYTES / 3))));
+        let batches = batches_of(lines);
+        for b in &batches {
+            assert!(b.iter().all(|(_, r)| r.namespace == b[0].1.namespace), "one namespace per batch");
+            assert!(b.len() <= BATCH);
+            assert!(
+                b.len() == 1 || b.iter().map(|(_, r)| prost::Message::encoded_len(r)).sum::<usize>() <= BATCH_BYTES
+            );
+            assert!(b.windows(2).all(|w| w[0].0 < w[1].0), "line order kept");
+        }
+        let count = |ns: &str| batches.iter().filter(|b| b[0].1.namespace == ns).count();
+        assert_eq!((count("a"), count("b"), count("c")), (1, 1, 2));
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 44);
+    }
 
     #[test]
     fn lines_parse_with_defaults_and_refuse_typos() {

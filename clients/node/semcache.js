@@ -95,10 +95,16 @@ class SemcacheClient {
     this.stub.close();
   }
 
-  call(method, request) {
+  /** The routing header a proxy in front of several nodes hashes to pick the namespace's node
+   *  (harmless without one); calls that span namespaces name a node instead. */
+  call(method, request, node) {
+    const metadata = this.metadata.clone();
+    const namespace = request.namespace ?? request.name;
+    if (namespace) metadata.set('x-semcache-namespace', namespace);
+    if (node) metadata.set('x-semcache-node', node);
     return new Promise((resolve, reject) => {
       const deadline = new Date(Date.now() + this.timeoutMs);
-      this.stub[method](request, this.metadata, { deadline }, (err, response) => {
+      this.stub[method](request, metadata, { deadline }, (err, response) => {
         if (err) reject(new SemcacheError(method, err));
         else resolve(response);
       });
@@ -185,8 +191,10 @@ class SemcacheClient {
     return this.call('ConfigureNamespace', { name, ...settings });
   }
 
-  stats(namespace = '') {
-    return this.call('Stats', { namespace });
+  /** Counters since start, for one namespace or all (''); through a cluster's proxy, all of
+   *  `node`'s (e.g. 'n1'). */
+  stats(namespace = '', node = undefined) {
+    return this.call('Stats', { namespace }, node);
   }
 
   async dropNamespace(name) {

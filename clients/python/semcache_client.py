@@ -61,6 +61,11 @@ _GENERATED = _HERE / "_generated"
 _PROTO_FILE = "semcache/v1/semcache.proto"
 
 
+# Metadata keys of a sharded deployment (see the README's "Running more than one node").
+ROUTING_HEADER = "x-semcache-namespace"
+NODE_HEADER = "x-semcache-node"
+
+
 def _proto_root() -> Path:
     env = os.environ.get("SEMCACHE_PROTO_DIR")
     return Path(env).resolve() if env else (_HERE / ".." / ".." / "proto").resolve()
@@ -359,9 +364,19 @@ class SemcacheClient:
 
     # -- RPCs ------------------------------------------------------------------------------
 
-    def _call(self, method: str, request: Any) -> Any:
+    def _call(self, method: str, request: Any, node: str | None = None) -> Any:
+        # The routing header a proxy in front of several nodes hashes to pick the namespace's
+        # node (harmless without one); calls that span namespaces name a node instead.
+        namespace = getattr(request, "namespace", None)
+        if namespace is None:
+            namespace = getattr(request, "name", "")
+        metadata = self._metadata
+        if namespace:
+            metadata += ((ROUTING_HEADER, namespace),)
+        if node:
+            metadata += ((NODE_HEADER, node),)
         try:
-            return getattr(self._stub, method)(request, timeout=self.timeout, metadata=self._metadata)
+            return getattr(self._stub, method)(request, timeout=self.timeout, metadata=metadata)
         except grpc.RpcError as e:
             raise SemcacheError(method, e.code(), e.details() or "") from None
 
@@ -536,12 +551,15 @@ class SemcacheClient:
     def get_namespace(self, name: str) -> Namespace:
         return Namespace._from_pb(self._call("GetNamespace", pb.GetNamespaceRequest(name=name)))
 
-    def list_namespaces(self) -> list[Namespace]:
-        return [Namespace._from_pb(n) for n in self._call("ListNamespaces", pb.ListNamespacesRequest()).namespaces]
+    def list_namespaces(self, node: str | None = None) -> list[Namespace]:
+        """The server's namespaces; through a cluster's proxy, those of `node` (e.g. "n1")."""
+        r = self._call("ListNamespaces", pb.ListNamespacesRequest(), node=node)
+        return [Namespace._from_pb(n) for n in r.namespaces]
 
-    def stats(self, namespace: str = "") -> Stats:
-        """Counters since the server started, for one namespace or all ("")."""
-        r = self._call("Stats", pb.StatsRequest(namespace=namespace))
+    def stats(self, namespace: str = "", node: str | None = None) -> Stats:
+        """Counters since the server started, for one namespace or all (""); through a
+        cluster's proxy, all of `node`'s (e.g. "n1")."""
+        r = self._call("Stats", pb.StatsRequest(namespace=namespace), node=node)
         return Stats(
             lookups=r.lookups,
             hits=r.hits,

@@ -18,7 +18,14 @@ const ENTRY_OVERHEAD_BYTES: u64 = 128;
 impl Cache {
     /// Caches a response; returns the new entry's id once it is durable, and with a probe
     /// token what was learned from it.
-    pub async fn store(self: &Arc<Self>, mut req: StoreRequest) -> Result<Stored, CacheError> {
+    /// Whether [`Cache::store`] would refuse this request before doing any work: so that a
+    /// batch can refuse a bad element before any of it is stored.
+    pub fn check_store(&self, req: &StoreRequest) -> Result<(), CacheError> {
+        self.check_store_opening(req).map(|_| ())
+    }
+
+    /// The checks of a Store, with what they produce: the context key and the opened token.
+    fn check_store_opening(&self, req: &StoreRequest) -> Result<(Option<String>, Option<Probe>), CacheError> {
         validate::namespace(&req.namespace)?;
         validate::text("query", &req.query, self.limits.max_query_bytes, "--max-query-bytes")?;
         validate::text("response", &req.response, self.limits.max_response_bytes, "--max-response-bytes")?;
@@ -62,6 +69,11 @@ impl Cache {
             "" => None,
             token => Some(self.open_probe(&req.namespace, &req.query, token)?),
         };
+        Ok((context, probe))
+    }
+
+    pub async fn store(self: &Arc<Self>, mut req: StoreRequest) -> Result<Stored, CacheError> {
+        let (context, probe) = self.check_store_opening(&req)?;
         let vector = self.embed(&req.query).await?;
         req.scope = context::scoped(std::mem::take(&mut req.scope), context);
         self.blocking("Store", move |this| this.store_probed(req, vector, probe)).await

@@ -5,6 +5,7 @@ use super::eval::{evaluate, PairsArgs};
 use super::values::ratio;
 use clap::Args;
 use semcache::client;
+use semcache::client::routed;
 use semcache::eval;
 use semcache::proto::{ConfigureNamespaceRequest, GetNamespaceRequest};
 
@@ -29,7 +30,7 @@ pub struct CalibrateArgs {
 
 pub async fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     let mut client = client::connect(&args.pairs.server).await?;
-    let namespace = client.get_namespace(GetNamespaceRequest { name: args.namespace.clone() }).await;
+    let namespace = client.get_namespace(routed(GetNamespaceRequest { name: args.namespace.clone() })).await;
     let (guards, floor) = match namespace {
         Ok(ns) => (ns.get_ref().hit_guards, ns.get_ref().threshold_floor),
         // Not created yet: judged as a new namespace starts by default (guards on, no floor).
@@ -69,11 +70,11 @@ pub async fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     }
     if args.apply {
         let ns = client
-            .configure_namespace(ConfigureNamespaceRequest {
+            .configure_namespace(routed(ConfigureNamespaceRequest {
                 name: args.namespace.clone(),
                 similarity_threshold: Some(chosen.threshold),
                 ..Default::default()
-            })
+            }))
             .await
             .map_err(client::ClientError::from)?
             .into_inner();

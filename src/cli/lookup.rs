@@ -3,6 +3,7 @@
 
 use super::values::{scope, scope_entry, threshold};
 use clap::Args;
+use semcache::client::routed;
 use semcache::client::{self, ClientArgs, ClientError};
 use semcache::proto::{Entry, GuardVeto, LookupRequest, LookupResponse, MissReason};
 use semcache::transfer::LineUsage;
@@ -46,7 +47,7 @@ pub async fn run(args: LookupArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let mut client = client::connect(&args.server).await?;
-    let answer = client.lookup(request).await.map_err(ClientError::from)?.into_inner();
+    let answer = client.lookup(routed(request)).await.map_err(ClientError::from)?.into_inner();
     if args.json {
         println!("{}", serde_json::to_string(&LookupJson::from(&answer))?);
     } else {

@@ -10,6 +10,7 @@ mod import;
 mod lookup;
 mod reembed;
 mod serve;
+mod stats;
 mod store;
 mod token;
 mod values;
@@ -56,6 +57,9 @@ enum Command {
     Lookup(lookup::LookupArgs),
     /// Store one query and its response through a running server and print the new entry's id.
     Store(store::StoreArgs),
+    /// A server's counters, or a cluster's: each node's and their sum (`--cluster URL,...`
+    /// directly, or `--nodes n1,n2,...` through the proxy).
+    Stats(stats::StatsArgs),
 }
 
 /// Runs the command line that `matches` holds (parsed from [`Cli`]).
@@ -120,5 +124,6 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Token(args) => token::run(args),
         Command::Lookup(args) => lookup::run(args).await,
         Command::Store(args) => store::run(args).await,
+        Command::Stats(args) => stats::run(args).await,
     }
 }

@@ -2,6 +2,7 @@
 
 use super::values::{scope, scope_entry};
 use clap::Args;
+use semcache::client::routed;
 use semcache::client::{self, ClientArgs, ClientError};
 use semcache::proto::StoreRequest;
 
@@ -62,7 +63,7 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let mut client = client::connect(&args.server).await?;
-    let stored = client.store(request).await.map_err(ClientError::from)?.into_inner();
+    let stored = client.store(routed(request)).await.map_err(ClientError::from)?.into_inner();
     if args.json {
         println!("{}", serde_json::to_string(&StoreJson { id: &stored.id, probe_correct: stored.probe_correct })?);
     } else {

@@ -183,6 +183,21 @@ pub struct ServeArgs {
     #[arg(long, env = "SEMCACHE_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
 
+    /// Most elements of one BatchLookup or BatchStore; a larger batch is refused with
+    /// INVALID_ARGUMENT.
+    #[arg(long, env = "SEMCACHE_MAX_BATCH_REQUESTS", default_value_t = 256)]
+    pub max_batch_requests: usize,
+
+    /// This node's name in a cluster (e.g. `n1`): returned in Stats and in an `x-semcache-node`
+    /// response header, and what an `x-semcache-node` request header must name.
+    #[arg(long, env = "SEMCACHE_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Refuse calls without the routing header `x-semcache-namespace` (calls that span
+    /// namespaces: without `x-semcache-node`), for a node that serves only behind the proxy.
+    #[arg(long, env = "SEMCACHE_REQUIRE_ROUTING_HEADER")]
+    pub require_routing_header: bool,
+
     /// Cache responses that the gateway marks `semcache.incomplete` (truncated or error) in
     /// their metadata; refused with FAILED_PRECONDITION otherwise.
     #[arg(long, env = "SEMCACHE_CACHE_INCOMPLETE")]

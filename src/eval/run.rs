@@ -10,6 +10,7 @@
 use super::dataset::Pair;
 use super::score::{Match, Observation};
 use super::EvalError;
+use crate::client::routed;
 use crate::client::{self, Client, ClientArgs};
 use crate::proto::{
     ConfigureNamespaceRequest, DropNamespaceRequest, GetNamespaceRequest, LookupRequest, LookupResponse, StoreRequest,
@@ -90,23 +91,23 @@ pub async fn run(
 ) -> Result<RunResult, EvalError> {
     let mut client = client::connect(server).await?;
     let ns = config.namespace.clone();
-    match client.get_namespace(GetNamespaceRequest { name: ns.clone() }).await {
+    match client.get_namespace(routed(GetNamespaceRequest { name: ns.clone() })).await {
         Err(status) if status.code() == Code::NotFound => {}
         Err(status) => return Err(status.into()),
         Ok(_) => return Err(EvalError::NamespaceExists(ns)),
     }
     // Guards on: the nearest candidate in each response still tells what they changed.
     let created = client
-        .configure_namespace(ConfigureNamespaceRequest {
+        .configure_namespace(routed(ConfigureNamespaceRequest {
             name: ns.clone(),
             hit_guards: Some(true),
             ..Default::default()
-        })
+        }))
         .await?
         .into_inner();
     let result = measure(client.clone(), &pairs, config, progress).await;
     if !config.keep {
-        client.drop_namespace(DropNamespaceRequest { name: ns }).await?;
+        client.drop_namespace(routed(DropNamespaceRequest { name: ns })).await?;
     }
     let (observations, lookups, stored) = result?;
     Ok(RunResult { observations, lookups, default_threshold: created.similarity_threshold, stored })
@@ -136,7 +137,7 @@ async fn measure(
                 query: query.clone(),
                 ..Default::default()
             };
-            async move { Ok::<_, EvalError>((client.store(request).await?.into_inner().id, query.clone())) }
+            async move { Ok::<_, EvalError>((client.store(routed(request)).await?.into_inner().id, query.clone())) }
         })
         .buffer_unordered(clients);
     // Entry id -> its query: a lookup names only the id of the nearest entry.
@@ -158,7 +159,7 @@ async fn measure(
                 context: if with_context { vec![pair.a.clone()] } else { Vec::new() },
                 ..Default::default()
             };
-            async move { Ok::<_, EvalError>((i, client.lookup(request).await?.into_inner())) }
+            async move { Ok::<_, EvalError>((i, client.lookup(routed(request)).await?.into_inner())) }
         })
         .buffer_unordered(clients);
     // Answers come in any order; the results keep the pairs' order.

@@ -9,6 +9,7 @@
 //! passes.
 
 use super::EvalError;
+use crate::client::routed;
 use crate::client::{self, Client, ClientArgs};
 use crate::proto::{ConfigureNamespaceRequest, DropNamespaceRequest, LookupRequest, MissReason, StoreRequest};
 use futures_util::{StreamExt, TryStreamExt};
@@ -197,11 +198,11 @@ async fn replay(
             ConfigureNamespaceRequest { name: namespace.into(), error_bound: Some(d), ..Default::default() }
         }
     };
-    let _ = client.drop_namespace(DropNamespaceRequest { name: namespace.into() }).await;
-    client.configure_namespace(configure).await?;
+    let _ = client.drop_namespace(routed(DropNamespaceRequest { name: namespace.into() })).await;
+    client.configure_namespace(routed(configure)).await?;
     let result = replay_in(&mut client, utterances, policy, seed, namespace).await;
     if !keep {
-        client.drop_namespace(DropNamespaceRequest { name: namespace.into() }).await?;
+        client.drop_namespace(routed(DropNamespaceRequest { name: namespace.into() })).await?;
     }
     result
 }
@@ -221,7 +222,7 @@ async fn replay_in(
         let u = &utterances[i];
         let want = answer(u, position);
         let r = client
-            .lookup(LookupRequest { namespace: namespace.into(), query: u.text.clone(), ..Default::default() })
+            .lookup(routed(LookupRequest { namespace: namespace.into(), query: u.text.clone(), ..Default::default() }))
             .await?
             .into_inner();
         total.lookups += 1;
@@ -240,7 +241,7 @@ async fn replay_in(
                     probe_token: r.probe_token,
                     ..Default::default()
                 };
-                client.store(store).await?;
+                client.store(routed(store)).await?;
             }
         }
         if (position + 1) % step == 0 || position + 1 == order.len() {

@@ -4,12 +4,14 @@
 
 pub mod admission;
 pub mod auth;
+pub mod routing;
 mod status;
 
 use crate::cache::{self, Cache, DeleteTarget, Entry, Evidence, MissReason, NamespaceView};
 use crate::metrics::Metrics;
 use crate::proto::{self as pb, semantic_cache_server::SemanticCache};
 use auth::{caller, Right};
+use routing::Routing;
 use std::sync::Arc;
 use std::time::Instant;
 use tonic::{Request, Response, Status};
@@ -19,11 +21,94 @@ pub use pb::semantic_cache_server::SemanticCacheServer;
 pub struct SemanticCacheService {
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
+    routing: Routing,
+    /// `--max-batch-requests`.
+    max_batch: usize,
+}
+
+/// A batch element's refusal: the element's status, its message saying which element.
+fn at(index: usize, status: Status) -> Status {
+    let mut located = Status::new(status.code(), format!("requests[{index}]: {}", status.message()));
+    *located.metadata_mut() = status.metadata().clone();
+    located
 }
 
 impl SemanticCacheService {
-    pub fn new(cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
-        Self { cache, metrics }
+    pub fn new(cache: Arc<Cache>, metrics: Arc<Metrics>, routing: Routing, max_batch: usize) -> Self {
+        Self { cache, metrics, routing, max_batch }
+    }
+
+    /// Stats and Export take "" for every namespace: a call that spans them.
+    fn route<T>(&self, request: &Request<T>, namespace: &str) -> Result<(), Status> {
+        match namespace {
+            "" => self.routing.span(request),
+            ns => self.routing.namespace(request, ns),
+        }
+    }
+
+    fn batch_size(&self, len: usize) -> Result<(), Status> {
+        match len {
+            0 => Err(Status::invalid_argument("requests is empty: send at least one")),
+            n if n > self.max_batch => Err(Status::invalid_argument(format!(
+                "requests has {n} elements, over this server's limit of {} (--max-batch-requests): split the batch",
+                self.max_batch
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    async fn lookup_one(&self, r: cache::LookupRequest) -> Result<pb::LookupResponse, Status> {
+        let started = Instant::now();
+        let namespace = r.namespace.clone();
+        let outcome = self
+            .cache
+            .lookup(r)
+            .await
+            .inspect_err(|e| tracing::debug!(rpc = "Lookup", %namespace, error = %e, "refused"))?;
+        self.metrics.observe_lookup(&outcome, started.elapsed());
+        tracing::debug!(
+            rpc = "Lookup",
+            %namespace,
+            hit = outcome.hit(),
+            exact = outcome.exact,
+            similarity = outcome.similarity,
+            reason = ?outcome.miss_reason,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+        );
+        Ok(pb::LookupResponse {
+            hit: outcome.hit(),
+            entry: outcome.entry.map(entry_to_pb),
+            similarity: outcome.similarity,
+            nearest_id: outcome.nearest_id.map(|id| id.to_string()).unwrap_or_default(),
+            threshold: outcome.threshold,
+            veto: outcome.veto.map(|v| pb::GuardVeto {
+                id: v.id.to_string(),
+                similarity: v.similarity,
+                guard: v.veto.guard.to_owned(),
+                detail: v.veto.detail,
+            }),
+            miss_reason: miss_reason_to_pb(outcome.miss_reason).into(),
+            probe_token: outcome.probe_token.unwrap_or_default(),
+            probe_entry: outcome.probe_entry.map(entry_to_pb),
+        })
+    }
+
+    async fn store_one(&self, r: cache::StoreRequest) -> Result<pb::StoreResponse, Status> {
+        let started = Instant::now();
+        let namespace = r.namespace.clone();
+        let stored = self
+            .cache
+            .store(r)
+            .await
+            .inspect_err(|e| tracing::debug!(rpc = "Store", %namespace, error = %e, "refused"))?;
+        tracing::debug!(
+            rpc = "Store",
+            %namespace,
+            id = stored.id,
+            probe_correct = ?stored.probe_correct,
+            ms = started.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(pb::StoreResponse { id: stored.id.to_string(), probe_correct: stored.probe_correct })
     }
 
     /// The service behind the authentication interceptor, refusing messages over
@@ -126,12 +211,46 @@ fn miss_reason_to_pb(reason: MissReason) -> pb::MissReason {
     }
 }
 
+fn lookup_from_pb(r: pb::LookupRequest) -> cache::LookupRequest {
+    cache::LookupRequest {
+        namespace: r.namespace,
+        query: r.query,
+        scope: r.scope,
+        similarity_threshold: r.similarity_threshold,
+        context: r.context,
+        context_key: r.context_key,
+    }
+}
+
+fn store_from_pb(r: pb::StoreRequest) -> cache::StoreRequest {
+    let usage = r.usage.unwrap_or_default();
+    cache::StoreRequest {
+        namespace: r.namespace,
+        query: r.query,
+        response: r.response,
+        scope: r.scope,
+        metadata: r.metadata,
+        ttl_seconds: r.ttl_seconds,
+        usage: cache::Usage {
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cost_usd: usage.cost_usd,
+        },
+        context: r.context,
+        context_key: r.context_key,
+        probe_token: r.probe_token,
+        probe_verdict: r.probe_verdict,
+        evidence: evidence_from_pb(r.evidence),
+    }
+}
+
 #[tonic::async_trait]
 impl SemanticCache for SemanticCacheService {
     type ExportStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Entry, Status>> + Send>>;
 
     async fn export(&self, request: Request<pb::ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
         let who = caller(&request);
+        self.route(&request, &request.get_ref().namespace)?;
         let namespace = request.into_inner().namespace;
         who.check(Right::Read, &namespace)?;
         // Bounded: RocksDB is read only as fast as the client takes entries.
@@ -157,92 +276,69 @@ impl SemanticCache for SemanticCacheService {
     }
 
     async fn lookup(&self, request: Request<pb::LookupRequest>) -> Result<Response<pb::LookupResponse>, Status> {
-        let started = Instant::now();
         let who = caller(&request);
+        self.routing.namespace(&request, &request.get_ref().namespace)?;
         let r = request.into_inner();
         who.check(Right::Read, &r.namespace)?;
-        let namespace = r.namespace.clone();
-        let outcome = self
-            .cache
-            .lookup(cache::LookupRequest {
-                namespace: r.namespace,
-                query: r.query,
-                scope: r.scope,
-                similarity_threshold: r.similarity_threshold,
-                context: r.context,
-                context_key: r.context_key,
-            })
-            .await
-            .inspect_err(|e| tracing::debug!(rpc = "Lookup", %namespace, error = %e, "refused"))?;
-        self.metrics.observe_lookup(&outcome, started.elapsed());
-        tracing::debug!(
-            rpc = "Lookup",
-            %namespace,
-            hit = outcome.hit(),
-            exact = outcome.exact,
-            similarity = outcome.similarity,
-            reason = ?outcome.miss_reason,
-            ms = started.elapsed().as_secs_f64() * 1e3,
-        );
-        Ok(Response::new(pb::LookupResponse {
-            hit: outcome.hit(),
-            entry: outcome.entry.map(entry_to_pb),
-            similarity: outcome.similarity,
-            nearest_id: outcome.nearest_id.map(|id| id.to_string()).unwrap_or_default(),
-            threshold: outcome.threshold,
-            veto: outcome.veto.map(|v| pb::GuardVeto {
-                id: v.id.to_string(),
-                similarity: v.similarity,
-                guard: v.veto.guard.to_owned(),
-                detail: v.veto.detail,
-            }),
-            miss_reason: miss_reason_to_pb(outcome.miss_reason).into(),
-            probe_token: outcome.probe_token.unwrap_or_default(),
-            probe_entry: outcome.probe_entry.map(entry_to_pb),
-        }))
+        Ok(Response::new(self.lookup_one(lookup_from_pb(r)).await?))
     }
 
     async fn store(&self, request: Request<pb::StoreRequest>) -> Result<Response<pb::StoreResponse>, Status> {
-        let started = Instant::now();
         let who = caller(&request);
+        self.routing.namespace(&request, &request.get_ref().namespace)?;
         let r = request.into_inner();
         who.check(Right::Write, &r.namespace)?;
-        let namespace = r.namespace.clone();
-        let usage = r.usage.unwrap_or_default();
-        let stored = self
-            .cache
-            .store(cache::StoreRequest {
-                namespace: r.namespace,
-                query: r.query,
-                response: r.response,
-                scope: r.scope,
-                metadata: r.metadata,
-                ttl_seconds: r.ttl_seconds,
-                usage: cache::Usage {
-                    input_tokens: usage.input_tokens,
-                    output_tokens: usage.output_tokens,
-                    cost_usd: usage.cost_usd,
-                },
-                context: r.context,
-                context_key: r.context_key,
-                probe_token: r.probe_token,
-                probe_verdict: r.probe_verdict,
-                evidence: evidence_from_pb(r.evidence),
-            })
-            .await
-            .inspect_err(|e| tracing::debug!(rpc = "Store", %namespace, error = %e, "refused"))?;
-        tracing::debug!(
-            rpc = "Store",
-            %namespace,
-            id = stored.id,
-            probe_correct = ?stored.probe_correct,
-            ms = started.elapsed().as_secs_f64() * 1e3
-        );
-        Ok(Response::new(pb::StoreResponse { id: stored.id.to_string(), probe_correct: stored.probe_correct }))
+        Ok(Response::new(self.store_one(store_from_pb(r)).await?))
+    }
+
+    async fn batch_lookup(
+        &self,
+        request: Request<pb::BatchLookupRequest>,
+    ) -> Result<Response<pb::BatchLookupResponse>, Status> {
+        let who = caller(&request);
+        let routed = self.routing.batch(&request)?;
+        let requests = request.into_inner().requests;
+        self.batch_size(requests.len())?;
+        let mut checked = Vec::with_capacity(requests.len());
+        for (i, r) in requests.into_iter().enumerate() {
+            Routing::element(routed.as_deref(), &r.namespace).map_err(|s| at(i, s))?;
+            who.check(Right::Read, &r.namespace).map_err(|s| at(i, s))?;
+            let r = lookup_from_pb(r);
+            self.cache.check_lookup(&r).map_err(|e| at(i, e.into()))?;
+            checked.push(r);
+        }
+        // All at once: the model's queue batches the queries into as few passes as fit.
+        let answers = futures_util::future::join_all(checked.into_iter().map(|r| self.lookup_one(r))).await;
+        let responses =
+            answers.into_iter().enumerate().map(|(i, a)| a.map_err(|s| at(i, s))).collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::BatchLookupResponse { responses }))
+    }
+
+    async fn batch_store(
+        &self,
+        request: Request<pb::BatchStoreRequest>,
+    ) -> Result<Response<pb::BatchStoreResponse>, Status> {
+        let who = caller(&request);
+        let routed = self.routing.batch(&request)?;
+        let requests = request.into_inner().requests;
+        self.batch_size(requests.len())?;
+        let mut checked = Vec::with_capacity(requests.len());
+        for (i, r) in requests.into_iter().enumerate() {
+            Routing::element(routed.as_deref(), &r.namespace).map_err(|s| at(i, s))?;
+            who.check(Right::Write, &r.namespace).map_err(|s| at(i, s))?;
+            let r = store_from_pb(r);
+            self.cache.check_store(&r).map_err(|e| at(i, e.into()))?;
+            checked.push(r);
+        }
+        let answers = futures_util::future::join_all(checked.into_iter().map(|r| self.store_one(r))).await;
+        let responses =
+            answers.into_iter().enumerate().map(|(i, a)| a.map_err(|s| at(i, s))).collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::BatchStoreResponse { responses }))
     }
 
     async fn feedback(&self, request: Request<pb::FeedbackRequest>) -> Result<Response<pb::FeedbackResponse>, Status> {
         let who = caller(&request);
+        self.routing.namespace(&request, &request.get_ref().namespace)?;
         let r = request.into_inner();
         // Feedback changes what the namespace serves: a write.
         who.check(Right::Write, &r.namespace)?;
@@ -263,6 +359,7 @@ impl SemanticCache for SemanticCacheService {
 
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         let who = caller(&request);
+        self.routing.namespace(&request, &request.get_ref().namespace)?;
         let r = request.into_inner();
         who.check(Right::Write, &r.namespace)?;
         let target = match r.target {
@@ -286,6 +383,7 @@ impl SemanticCache for SemanticCacheService {
         request: Request<pb::ConfigureNamespaceRequest>,
     ) -> Result<Response<pb::Namespace>, Status> {
         let who = caller(&request);
+        self.routing.namespace(&request, &request.get_ref().name)?;
         let r = request.into_inner();
         who.check(Right::Write, &r.name)?;
         let view = self
@@ -308,6 +406,7 @@ impl SemanticCache for SemanticCacheService {
         request: Request<pb::GetNamespaceRequest>,
     ) -> Result<Response<pb::Namespace>, Status> {
         let who = caller(&request);
+        self.routing.namespace(&request, &request.get_ref().name)?;
         let name = request.into_inner().name;
         who.check(Right::Read, &name)?;
         let view = self.cache.get_namespace(&name)?;
@@ -320,6 +419,7 @@ impl SemanticCache for SemanticCacheService {
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
         // A token sees the namespaces it has a grant on, not what other tenants named theirs.
         let who = caller(&request);
+        self.routing.span(&request)?;
         let namespaces = self
             .cache
             .list_namespaces()
@@ -332,6 +432,7 @@ impl SemanticCache for SemanticCacheService {
 
     async fn stats(&self, request: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
         let who = caller(&request);
+        self.route(&request, &request.get_ref().namespace)?;
         let namespace = request.into_inner().namespace;
         who.check(Right::Read, &namespace)?;
         let s = self.cache.stats(&namespace)?;
@@ -352,6 +453,7 @@ impl SemanticCache for SemanticCacheService {
             feedback_correct: s.feedback_correct,
             feedback_wrong: s.feedback_wrong,
             estimated_error_rate: s.estimated_error_rate,
+            node_id: self.routing.node_id.clone().unwrap_or_default(),
         }))
     }
 
@@ -360,6 +462,7 @@ impl SemanticCache for SemanticCacheService {
         request: Request<pb::DropNamespaceRequest>,
     ) -> Result<Response<pb::DropNamespaceResponse>, Status> {
         let who = caller(&request);
+        self.routing.namespace(&request, &request.get_ref().name)?;
         let name = request.into_inner().name;
         who.check(Right::Write, &name)?;
         let deleted = self.cache.drop_namespace(name.clone()).await?;

@@ -5,7 +5,9 @@
 mod harness;
 
 mod api;
+mod batch;
 mod cli;
+mod cluster;
 mod config;
 mod crash;
 mod embed_parity;
