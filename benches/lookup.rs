@@ -113,8 +113,14 @@ fn main() {
         }
         panic!("the server did not start serving within 60 s");
     });
-    let config =
-        LoadConfig { clients: 32, requests: load_requests, hit_ratio: 0.0, entries: 100, namespace: NAMESPACE.into() };
+    let config = LoadConfig {
+        clients: 32,
+        requests: load_requests,
+        hit_ratio: 0.0,
+        entries: 100,
+        namespace: NAMESPACE.into(),
+        batch: 1,
+    };
     rt.block_on(loadgen::seed(&mut client.clone(), &config)).expect("seed");
     // The verified namespace: the same entries; it has learned nothing, so the paraphrase is
     // explored (the whole decision, plus signing a probe token) where the static one hits.

@@ -8,6 +8,10 @@
 #                                           what is not running (a killed node comes back).
 #   scripts/cluster.sh down DIR             stops every process it started, by its pid.
 #
+# Each node gets the ring too (--ring, the same ip:port list as nginx's upstream), so it
+# refuses a namespace that the ring gives another node. A node started before N changed keeps
+# its old ring until it is restarted.
+#
 # SEMCACHE_BIN picks the binary (default: target/release/semcache, built if missing);
 # SEMCACHE_NODE_ARGS adds flags to every node; SEMCACHE_MODEL_DIR and the other SEMCACHE_*
 # settings reach the nodes as usual. Installs nginx if it is missing, as setup.sh does.
@@ -55,7 +59,10 @@ up() {
   fi
   export SEMCACHE_MODEL_DIR="${SEMCACHE_MODEL_DIR:-$root/models/all-MiniLM-L6-v2}"
 
-  local ring="" upstreams="" map="" started=()
+  local ring="" upstreams="" map="" started=() members=""
+  for ((k = 1; k <= n; k++)); do
+    members+="${members:+,}127.0.0.1:$((base + k))"
+  done
   for ((k = 1; k <= n; k++)); do
     local port=$((base + k)) node="n$k"
     ring+="        server 127.0.0.1:$port max_fails=0;"$'\n'
@@ -66,7 +73,7 @@ up() {
     fi
     # shellcheck disable=SC2086 # SEMCACHE_NODE_ARGS is a list of flags
     "$bin" serve --listen "127.0.0.1:$port" --data-dir "$dir/$node" --node-id "$node" \
-      --require-routing-header ${SEMCACHE_NODE_ARGS:-} >"$dir/$node.log" 2>&1 &
+      --require-routing-header --ring "$members" ${SEMCACHE_NODE_ARGS:-} >"$dir/$node.log" 2>&1 &
     echo $! >"$dir/$node.pid"
     started+=("$node")
   done

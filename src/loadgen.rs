@@ -6,7 +6,7 @@
 
 use crate::client::routed;
 use crate::client::{self, Client, ClientArgs, ClientError};
-use crate::proto::{DropNamespaceRequest, LookupRequest, StoreRequest};
+use crate::proto::{BatchLookupRequest, DropNamespaceRequest, LookupRequest, StoreRequest};
 use futures_util::StreamExt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -23,6 +23,9 @@ pub struct LoadConfig {
     /// Stored queries the repeats are drawn from.
     pub entries: u64,
     pub namespace: String,
+    /// Lookups per call: 1 sends Lookup, more send BatchLookups of that many (each element's
+    /// latency is its batch's).
+    pub batch: usize,
 }
 
 /// Latencies of one kind of request, sorted.
@@ -164,30 +167,47 @@ pub async fn run(
         idle.push(client::connect(server).await?);
     }
     let idle = Mutex::new(idle);
-    let lookup = |i: u64| {
-        let repeat = is_repeat(i, config.hit_ratio) && config.entries > 0;
-        let query = if repeat { question(i % config.entries) } else { question(fresh + i) };
-        let request = LookupRequest { namespace: config.namespace.clone(), query, ..Default::default() };
+    let batch = config.batch.max(1) as u64;
+    let lookup = |first: u64| {
+        let requests: Vec<LookupRequest> = (first..(first + batch).min(config.requests))
+            .map(|i| {
+                let repeat = is_repeat(i, config.hit_ratio) && config.entries > 0;
+                let query = if repeat { question(i % config.entries) } else { question(fresh + i) };
+                LookupRequest { namespace: config.namespace.clone(), query, ..Default::default() }
+            })
+            .collect();
         let idle = &idle;
         async move {
-            // `buffer_unordered(clients)` starts a lookup only while fewer than `clients` run,
+            // `buffer_unordered(clients)` starts a call only while fewer than `clients` run,
             // and each puts its connection back before it counts as done: one is always idle.
             let mut client = idle.lock().expect("idle lock").pop().expect("an idle connection");
             let sent = Instant::now();
-            let answer = client.lookup(routed(request)).await;
+            let answers = if batch == 1 {
+                let request = requests.into_iter().next().expect("one lookup");
+                client.lookup(routed(request)).await.map(|r| vec![r.into_inner().hit])
+            } else {
+                let request = BatchLookupRequest { requests };
+                client
+                    .batch_lookup(routed(request))
+                    .await
+                    .map(|r| r.into_inner().responses.iter().map(|r| r.hit).collect())
+            };
             let took = sent.elapsed();
             idle.lock().expect("idle lock").push(client);
-            (took, answer.map(|r| r.into_inner().hit))
+            (took, answers)
         }
     };
     let started = Instant::now();
-    let mut answers = futures_util::stream::iter(0..config.requests).map(lookup).buffer_unordered(clients);
+    let mut answers =
+        futures_util::stream::iter((0..config.requests).step_by(batch as usize)).map(lookup).buffer_unordered(clients);
     let (mut hits, mut misses, mut refused, mut errors) = (Vec::new(), Vec::new(), 0, Vec::<(Code, u64)>::new());
     while let Some((took, answer)) = answers.next().await {
         match answer {
-            Ok(hit) => {
-                if hit { &mut hits } else { &mut misses }.push(took);
-                progress();
+            Ok(answered) => {
+                for hit in answered {
+                    if hit { &mut hits } else { &mut misses }.push(took);
+                    progress();
+                }
             }
             Err(s) if s.code() == Code::ResourceExhausted => refused += 1,
             Err(s) => match errors.iter_mut().find(|(c, _)| *c == s.code()) {

@@ -7,7 +7,7 @@ use crate::config::ServeArgs;
 use crate::embed::{check_model_dir, BatchConfig, EmbedError, Embedder, ModelInfo};
 use crate::grpc::admission::AdmissionLayer;
 use crate::grpc::auth::Auth;
-use crate::grpc::routing::{NodeHeaderLayer, Routing};
+use crate::grpc::routing::{NodeHeaderLayer, Ring, Routing};
 use crate::grpc::{SemanticCacheServer, SemanticCacheService};
 use crate::index::IndexParams;
 use crate::metrics::Metrics;
@@ -331,7 +331,14 @@ async fn serve(
         (false, true) => tracing::info!(tls = true, "no tokens configured: every caller may read and write"),
         (false, false) => tracing::warn!("no tokens and no TLS: every caller may read and write"),
     }
-    let routing = Routing { node_id: args.node_id.clone(), require_header: args.require_routing_header };
+    let ring = match args.ring.as_slice() {
+        [] => None,
+        servers => {
+            let me = args.ring_self.unwrap_or(args.listen);
+            Some(Arc::new(Ring::new(servers, me).map_err(ServeError::Config)?))
+        }
+    };
+    let routing = Routing { node_id: args.node_id.clone(), require_header: args.require_routing_header, ring };
     if let Some(id) = &args.node_id {
         tracing::info!(node = %id, require_routing_header = args.require_routing_header, "cluster node");
     }

@@ -33,6 +33,10 @@ pub struct BenchArgs {
     #[arg(long, default_value = "semcache-bench")]
     pub namespace: String,
 
+    /// Lookups per call: 1 sends Lookup; more send BatchLookups of that many.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+
     /// Keep the namespace and its entries after the run.
     #[arg(long)]
     pub keep: bool,
@@ -45,6 +49,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         hit_ratio: args.hit_ratio,
         entries: args.entries,
         namespace: args.namespace.clone(),
+        batch: args.batch.max(1),
     };
     let mut client = client::connect(&args.server).await?;
     println!(

@@ -198,6 +198,16 @@ pub struct ServeArgs {
     #[arg(long, env = "SEMCACHE_REQUIRE_ROUTING_HEADER")]
     pub require_routing_header: bool,
 
+    /// The proxy's ring: every node's `ip:port` as nginx's upstream lists them (comma-separated).
+    /// A namespace the ring gives another node is refused with FAILED_PRECONDITION, so a caller
+    /// that bypasses the proxy, or a proxy with another server list, cannot leave stray copies.
+    #[arg(long, env = "SEMCACHE_RING", value_delimiter = ',', value_name = "IP:PORT")]
+    pub ring: Vec<std::net::SocketAddr>,
+
+    /// This node's entry in --ring (default: --listen).
+    #[arg(long, env = "SEMCACHE_RING_SELF", value_name = "IP:PORT")]
+    pub ring_self: Option<std::net::SocketAddr>,
+
     /// Cache responses that the gateway marks `semcache.incomplete` (truncated or error) in
     /// their metadata; refused with FAILED_PRECONDITION otherwise.
     #[arg(long, env = "SEMCACHE_CACHE_INCOMPLETE")]

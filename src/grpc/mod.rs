@@ -301,7 +301,7 @@ impl SemanticCache for SemanticCacheService {
         self.batch_size(requests.len())?;
         let mut checked = Vec::with_capacity(requests.len());
         for (i, r) in requests.into_iter().enumerate() {
-            Routing::element(routed.as_deref(), &r.namespace).map_err(|s| at(i, s))?;
+            self.routing.element(routed.as_deref(), &r.namespace).map_err(|s| at(i, s))?;
             who.check(Right::Read, &r.namespace).map_err(|s| at(i, s))?;
             let r = lookup_from_pb(r);
             self.cache.check_lookup(&r).map_err(|e| at(i, e.into()))?;
@@ -324,7 +324,7 @@ impl SemanticCache for SemanticCacheService {
         self.batch_size(requests.len())?;
         let mut checked = Vec::with_capacity(requests.len());
         for (i, r) in requests.into_iter().enumerate() {
-            Routing::element(routed.as_deref(), &r.namespace).map_err(|s| at(i, s))?;
+            self.routing.element(routed.as_deref(), &r.namespace).map_err(|s| at(i, s))?;
             who.check(Right::Write, &r.namespace).map_err(|s| at(i, s))?;
             let r = store_from_pb(r);
             self.cache.check_store(&r).map_err(|e| at(i, e.into()))?;

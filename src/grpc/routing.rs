@@ -3,6 +3,9 @@
 //! header names the request's namespace. A mismatch would put a namespace's entries on a node
 //! the ring does not send its Lookups to: a stray copy that is never hit and never deleted.
 
+use pingora_ketama::{Bucket, Continuum};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::codegen::http;
 use tonic::{Request, Status};
@@ -12,13 +15,49 @@ pub const NAMESPACE_HEADER: &str = "x-semcache-namespace";
 /// The metadata key that addresses one node (request), or says which node answered (response).
 pub const NODE_HEADER: &str = "x-semcache-node";
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Routing {
     /// `--node-id`.
     pub node_id: Option<String>,
     /// `--require-routing-header`: the node sits behind a proxy, so a call without the header
     /// did not come through it.
     pub require_header: bool,
+    /// `--ring`: the proxy's ring, to refuse namespaces another node owns.
+    pub ring: Option<Arc<Ring>>,
+}
+
+/// The proxy's consistent-hash ring as this node sees it: the same servers in the same
+/// spelling (`ip:port`) as nginx's `upstream`, so that both place every namespace alike.
+pub struct Ring {
+    continuum: Continuum,
+    me: SocketAddr,
+}
+
+impl Ring {
+    /// `servers` as nginx lists them (weight 1 each); `me` is this node's entry.
+    pub fn new(servers: &[SocketAddr], me: SocketAddr) -> Result<Self, String> {
+        if !servers.contains(&me) {
+            return Err(format!("--ring does not list this node's address {me} (--ring-self, or --listen)"));
+        }
+        let buckets: Vec<Bucket> = servers.iter().map(|s| Bucket::new(*s, 1)).collect();
+        Ok(Self { continuum: Continuum::new(&buckets), me })
+    }
+
+    /// The node that owns `namespace`.
+    pub fn owner(&self, namespace: &str) -> Option<SocketAddr> {
+        self.continuum.node(namespace.as_bytes())
+    }
+
+    fn check(&self, namespace: &str) -> Result<(), Status> {
+        match self.owner(namespace) {
+            Some(owner) if owner != self.me => Err(Status::failed_precondition(format!(
+                "namespace {namespace:?} belongs to {owner} on the ring (--ring), not to this node ({}): \
+                 send it through the proxy, or give the proxy and the nodes the same server list",
+                self.me
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn header<T>(request: &Request<T>, key: &str) -> Result<Option<String>, Status> {
@@ -35,7 +74,7 @@ impl Routing {
     /// A call about one namespace.
     pub fn namespace<T>(&self, request: &Request<T>, namespace: &str) -> Result<(), Status> {
         let routed = self.batch(request)?;
-        Self::element(routed.as_deref(), namespace).map(|_| ())
+        self.element(routed.as_deref(), namespace)
     }
 
     /// A call that spans namespaces (Stats or Export of "", ListNamespaces): behind a proxy it
@@ -65,15 +104,15 @@ impl Routing {
         Ok(routed)
     }
 
-    /// Checks one namespace against the routing header.
-    pub fn element(routed: Option<&str>, namespace: &str) -> Result<(), Status> {
+    /// Checks one namespace against the routing header, and against the ring if there is one.
+    pub fn element(&self, routed: Option<&str>, namespace: &str) -> Result<(), Status> {
         match routed {
             Some(routed) if routed != namespace => Err(Status::invalid_argument(format!(
                 "metadata {NAMESPACE_HEADER} is {routed:?} but the request's namespace is {namespace:?}; \
                  they must be equal: the proxy picks the node by the header, so a mismatch reaches a node \
                  that does not own the namespace"
             ))),
-            _ => Ok(()),
+            _ => self.ring.as_ref().map_or(Ok(()), |ring| ring.check(namespace)),
         }
     }
 
@@ -164,7 +203,7 @@ mod tests {
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(e.message().contains("\"b\"") && e.message().contains("\"a\""), "{}", e.message());
 
-        let proxied = Routing { node_id: Some("n1".into()), require_header: true };
+        let proxied = Routing { node_id: Some("n1".into()), require_header: true, ring: None };
         let e = proxied.namespace(&with(&[]), "a").unwrap_err();
         assert!(e.message().contains("--require-routing-header"), "{}", e.message());
         assert!(proxied.namespace(&with(&[(NAMESPACE_HEADER, "a")]), "a").is_ok());
@@ -172,5 +211,26 @@ mod tests {
         assert!(proxied.span(&with(&[(NODE_HEADER, "n1")])).is_ok());
         let e = proxied.span(&with(&[(NODE_HEADER, "n2")])).unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition);
+    }
+
+    #[test]
+    fn the_ring_refuses_what_another_node_owns_and_splits_namespaces_like_nginx() {
+        let servers: Vec<SocketAddr> = (1..=3).map(|k| format!("127.0.0.1:5005{k}").parse().unwrap()).collect();
+        let rings: Vec<Routing> = servers
+            .iter()
+            .map(|me| Routing { ring: Some(Arc::new(Ring::new(&servers, *me).unwrap())), ..Routing::default() })
+            .collect();
+        let mut owned = [0; 3];
+        for i in 0..300 {
+            let ns = format!("tenant-{i}");
+            let accepting: Vec<usize> = (0..3).filter(|&k| rings[k].element(Some(&ns), &ns).is_ok()).collect();
+            assert_eq!(accepting.len(), 1, "{ns} is owned by exactly one node");
+            owned[accepting[0]] += 1;
+        }
+        assert!(owned.iter().all(|&n| n > 50), "about a third each: {owned:?}");
+        let e = rings[0].element(None, "tenant-x").and(rings[1].element(None, "tenant-x")).unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert!(e.message().contains("--ring"), "{}", e.message());
+        assert!(Ring::new(&servers, "127.0.0.1:1".parse().unwrap()).is_err());
     }
 }

@@ -134,6 +134,20 @@ async fn namespaces_shard_over_nodes_behind_nginx_and_a_dead_node_is_unavailable
     let mut direct = connect(base + 1).await;
     let e = direct.lookup(lookup_req(&ns(0), &question(0))).await.unwrap_err();
     assert!(e.message().contains("--require-routing-header"), "{}", e.message());
+    // nginx's ring and the nodes' (--ring, pingora-ketama) place every namespace alike: a
+    // Lookup through the proxy of an unknown namespace (a miss without the model) is refused
+    // by the node nginx chose if they disagreed.
+    for i in 0..500 {
+        let r = proxy.lookup(routed(lookup_req(&format!("probe-{i}"), "anything"))).await;
+        assert!(r.is_ok_and(|r| !r.into_inner().hit), "probe-{i}: nginx and --ring disagree");
+    }
+
+    // A caller that bypasses the proxy, header and all, is refused by the node's ring check.
+    let stranger = (1..=NODES).map(|k| format!("n{k}")).find(|n| *n != held[&ns(0)][0]).unwrap();
+    let mut wrong_node = connect(base + stranger[1..].parse::<u16>().unwrap()).await;
+    let e = wrong_node.store(routed(store_req(&ns(0), "a bypassing question", "x"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("--ring"), "{}", e.message());
     let after = placement(base).await;
     assert_eq!(after, held, "nothing was stored by the refused calls");
 
