@@ -296,12 +296,12 @@ impl SemanticCache for SemanticCacheService {
         request: Request<pb::BatchLookupRequest>,
     ) -> Result<Response<pb::BatchLookupResponse>, Status> {
         let who = caller(&request);
-        let routed = self.routing.batch(&request)?;
+        let route = self.routing.batch(&request)?;
         let requests = request.into_inner().requests;
         self.batch_size(requests.len())?;
         let mut checked = Vec::with_capacity(requests.len());
         for (i, r) in requests.into_iter().enumerate() {
-            self.routing.element(routed.as_deref(), &r.namespace).map_err(|s| at(i, s))?;
+            self.routing.element(&route, &r.namespace).map_err(|s| at(i, s))?;
             who.check(Right::Read, &r.namespace).map_err(|s| at(i, s))?;
             let r = lookup_from_pb(r);
             self.cache.check_lookup(&r).map_err(|e| at(i, e.into()))?;
@@ -319,12 +319,12 @@ impl SemanticCache for SemanticCacheService {
         request: Request<pb::BatchStoreRequest>,
     ) -> Result<Response<pb::BatchStoreResponse>, Status> {
         let who = caller(&request);
-        let routed = self.routing.batch(&request)?;
+        let route = self.routing.batch(&request)?;
         let requests = request.into_inner().requests;
         self.batch_size(requests.len())?;
         let mut checked = Vec::with_capacity(requests.len());
         for (i, r) in requests.into_iter().enumerate() {
-            self.routing.element(routed.as_deref(), &r.namespace).map_err(|s| at(i, s))?;
+            self.routing.element(&route, &r.namespace).map_err(|s| at(i, s))?;
             who.check(Right::Write, &r.namespace).map_err(|s| at(i, s))?;
             let r = store_from_pb(r);
             self.cache.check_store(&r).map_err(|e| at(i, e.into()))?;

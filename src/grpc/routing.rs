@@ -73,15 +73,14 @@ fn header<T>(request: &Request<T>, key: &str) -> Result<Option<String>, Status> 
 impl Routing {
     /// A call about one namespace.
     pub fn namespace<T>(&self, request: &Request<T>, namespace: &str) -> Result<(), Status> {
-        let routed = self.batch(request)?;
-        self.element(routed.as_deref(), namespace)
+        let route = self.batch(request)?;
+        self.element(&route, namespace)
     }
 
     /// A call that spans namespaces (Stats or Export of "", ListNamespaces): behind a proxy it
     /// must be addressed to one node.
     pub fn span<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        self.node(request)?;
-        if self.require_header && header(request, NODE_HEADER)?.is_none() {
+        if self.require_header && !self.node(request)? {
             return Err(Status::invalid_argument(format!(
                 "this call spans namespaces, and this node serves behind a proxy (--require-routing-header): \
                  address one node with the metadata {NODE_HEADER}: <node id>, and ask each node for its share"
@@ -90,43 +89,56 @@ impl Routing {
         Ok(())
     }
 
-    /// The namespace a batch is routed by, if any; each element is then checked with
-    /// [`Routing::element`].
-    pub fn batch<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
-        self.node(request)?;
-        let routed = header(request, NAMESPACE_HEADER)?;
-        if routed.is_none() && self.require_header {
+    /// How a call (a batch's, or a single one's) was routed; each namespace in it is then
+    /// checked with [`Routing::element`].
+    pub fn batch<T>(&self, request: &Request<T>) -> Result<Route, Status> {
+        let addressed = self.node(request)?;
+        let header = header(request, NAMESPACE_HEADER)?;
+        // A call that names this node came through the proxy's per-node route.
+        if header.is_none() && self.require_header && !addressed {
             return Err(Status::invalid_argument(format!(
                 "this node serves behind a proxy (--require-routing-header): send the metadata \
-                 {NAMESPACE_HEADER} with the request's namespace, which the proxy uses to pick the node"
+                 {NAMESPACE_HEADER} with the request's namespace, which the proxy uses to pick the node \
+                 (or {NODE_HEADER} to address one node)"
             )));
         }
-        Ok(routed)
+        Ok(Route { header, addressed })
     }
 
-    /// Checks one namespace against the routing header, and against the ring if there is one.
-    pub fn element(&self, routed: Option<&str>, namespace: &str) -> Result<(), Status> {
-        match routed {
+    /// Checks one namespace against the routing header, and against the ring unless the call
+    /// named this node: an operator who addresses a node means it (to drop the copy a namespace
+    /// left behind when a new node took it over, say).
+    pub fn element(&self, route: &Route, namespace: &str) -> Result<(), Status> {
+        match &route.header {
             Some(routed) if routed != namespace => Err(Status::invalid_argument(format!(
                 "metadata {NAMESPACE_HEADER} is {routed:?} but the request's namespace is {namespace:?}; \
                  they must be equal: the proxy picks the node by the header, so a mismatch reaches a node \
                  that does not own the namespace"
             ))),
+            _ if route.addressed => Ok(()),
             _ => self.ring.as_ref().map_or(Ok(()), |ring| ring.check(namespace)),
         }
     }
 
-    fn node<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        if let (Some(asked), Some(me)) = (header(request, NODE_HEADER)?, &self.node_id) {
-            if &asked != me {
-                return Err(Status::failed_precondition(format!(
-                    "this is node {me:?}, but the call was addressed to {asked:?}: the proxy's per-node \
-                     routes do not match the nodes' --node-id"
-                )));
-            }
+    /// Whether the call names this node with `x-semcache-node`; refused if it names another.
+    fn node<T>(&self, request: &Request<T>) -> Result<bool, Status> {
+        let Some(asked) = header(request, NODE_HEADER)? else { return Ok(false) };
+        match &self.node_id {
+            Some(me) if &asked != me => Err(Status::failed_precondition(format!(
+                "this is node {me:?}, but the call was addressed to {asked:?}: the proxy's per-node \
+                 routes do not match the nodes' --node-id"
+            ))),
+            _ => Ok(true),
         }
-        Ok(())
     }
+}
+
+/// How a call was routed to this node.
+pub struct Route {
+    /// The `x-semcache-namespace` header, if sent.
+    header: Option<String>,
+    /// Whether `x-semcache-node` named this node.
+    addressed: bool,
 }
 
 /// Adds `x-semcache-node: <id>` to every response, so a caller behind the proxy sees which node
@@ -223,14 +235,18 @@ mod tests {
         let mut owned = [0; 3];
         for i in 0..300 {
             let ns = format!("tenant-{i}");
-            let accepting: Vec<usize> = (0..3).filter(|&k| rings[k].element(Some(&ns), &ns).is_ok()).collect();
+            let route = Route { header: Some(ns.clone()), addressed: false };
+            let accepting: Vec<usize> = (0..3).filter(|&k| rings[k].element(&route, &ns).is_ok()).collect();
             assert_eq!(accepting.len(), 1, "{ns} is owned by exactly one node");
             owned[accepting[0]] += 1;
         }
         assert!(owned.iter().all(|&n| n > 50), "about a third each: {owned:?}");
-        let e = rings[0].element(None, "tenant-x").and(rings[1].element(None, "tenant-x")).unwrap_err();
+        let plain = Route { header: None, addressed: false };
+        let e = rings[0].element(&plain, "tenant-x").and(rings[1].element(&plain, "tenant-x")).unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition);
         assert!(e.message().contains("--ring"), "{}", e.message());
+        let addressed = Route { header: None, addressed: true };
+        assert!((0..3).all(|k| rings[k].element(&addressed, "tenant-x").is_ok()), "a node named on purpose answers");
         assert!(Ring::new(&servers, "127.0.0.1:1".parse().unwrap()).is_err());
     }
 }
