@@ -33,26 +33,32 @@ node_of() {
 # p50 and p99 (ms) of the `$1` line (hit or miss) of a `semcache bench` report on stdin.
 quantiles() { awk -v kind="$1" '$1 == kind { print $3, $5 }'; }
 
-hop_ns=hop-bench
-hop_node=$(node_of "$hop_ns")
-direct="http://127.0.0.1:$((base + ${hop_node#n}))"
-echo "hop: namespace $hop_ns lives on $hop_node ($direct)"
+# The URL of the node that owns namespace $1, straight (not through nginx).
+direct_to() {
+  local node
+  node=$(node_of "$1")
+  echo "http://127.0.0.1:$((base + ${node#n}))"
+}
+
+throughput() { awk '/lookups answered/ { print $(NF-1) }'; }
 for kind in miss hit; do
+  ns="hop-$kind"
   ratio=$([[ $kind == miss ]] && echo 0 || echo 1)
+  direct=$(direct_to "$ns")
   for ((r = 1; r <= rounds; r++)); do
     for via in direct proxy; do
       addr=$([[ $via == direct ]] && echo "$direct" || echo "$proxy")
-      read -r p50 p99 < <("$bin" bench --addr "$addr" --namespace "$hop_ns-$kind" --clients 1 --requests 300 \
-        --entries 50 --hit-ratio "$ratio" | quantiles "$kind")
+      read -r p50 p99 < <("$bin" bench --addr "$addr" --namespace "$ns" --clients 1 --requests 300 \
+        --entries 50 --hit-ratio "$ratio" --keep | quantiles "$kind")
       echo "hop $kind round $r $via p50_ms $p50 p99_ms $p99"
     done
   done
 done
 
-throughput() { awk '/lookups answered/ { print $(NF-1) }'; }
+direct=$(direct_to batch)
 for ((r = 1; r <= rounds; r++)); do
-  single=$("$bin" bench --addr "$direct" --namespace "$hop_ns-batch" --clients 1 --requests 640 --hit-ratio 0 | throughput)
-  batched=$("$bin" bench --addr "$direct" --namespace "$hop_ns-batch" --clients 1 --requests 640 --hit-ratio 0 \
+  single=$("$bin" bench --addr "$direct" --namespace batch --clients 1 --requests 640 --hit-ratio 0 --keep | throughput)
+  batched=$("$bin" bench --addr "$direct" --namespace batch --clients 1 --requests 640 --hit-ratio 0 --keep \
     --batch 64 | throughput)
   echo "batch round $r single_lookups_per_s $single batch64_lookups_per_s $batched"
 done
