@@ -51,7 +51,10 @@ up() {
   [[ $n =~ ^[1-9][0-9]*$ && $base =~ ^[0-9]+$ ]] || usage
   mkdir -p "$dir"
   dir="$(cd "$dir" && pwd)"
-  command -v nginx >/dev/null 2>&1 || "$root/scripts/setup.sh" nginx >/dev/null
+  command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || "$root/scripts/setup.sh" nginx >/dev/null
+  # Debian puts nginx in /usr/sbin, which a non-root PATH may lack.
+  local nginx
+  nginx=$(command -v nginx || echo /usr/sbin/nginx)
   local bin=${SEMCACHE_BIN:-}
   if [[ -z $bin ]]; then
     bin="${CARGO_TARGET_DIR:-$root/target}/release/semcache"
@@ -86,11 +89,11 @@ up() {
       { print }' >"$dir/nginx.conf"
   # nginx's workers drop root; they buffer large request bodies here.
   mkdir -p "$dir/nginx-body" && chmod 1777 "$dir/nginx-body"
-  nginx -t -q -c "$dir/nginx.conf" -p "$dir" -e "$dir/nginx.error.log"
+  "$nginx" -t -q -c "$dir/nginx.conf" -p "$dir" -e "$dir/nginx.error.log"
   if alive "$dir/nginx.pid"; then
     kill -HUP "$(cat "$dir/nginx.pid")"   # reload, in case N changed
   else
-    nginx -c "$dir/nginx.conf" -p "$dir" -e "$dir/nginx.error.log" >>"$dir/nginx.log" 2>&1 &
+    "$nginx" -c "$dir/nginx.conf" -p "$dir" -e "$dir/nginx.error.log" >>"$dir/nginx.log" 2>&1 &
     # nginx writes its own pid file; until then, the one of the process just started.
     echo $! >"$dir/nginx.pid"
   fi
