@@ -193,8 +193,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SEMCACHE_NODE_ID")]
     pub node_id: Option<String>,
 
-    /// Refuse calls without the routing header `x-semcache-namespace` (calls that span
-    /// namespaces: without `x-semcache-node`), for a node that serves only behind the proxy.
+    /// Refuse calls about a namespace that carry neither the routing header
+    /// `x-semcache-namespace` nor `x-semcache-node`, for a node that serves only behind the proxy.
     #[arg(long, env = "SEMCACHE_REQUIRE_ROUTING_HEADER")]
     pub require_routing_header: bool,
 

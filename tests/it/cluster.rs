@@ -159,7 +159,9 @@ async fn namespaces_shard_over_nodes_behind_nginx_and_a_dead_node_is_unavailable
     let mut total = 0;
     for k in 1..=NODES {
         let node = format!("n{k}");
-        let s = proxy.stats(to_node(StatsRequest { namespace: String::new() }, &node)).await.unwrap().into_inner();
+        let r = proxy.stats(to_node(StatsRequest { namespace: String::new() }, &node)).await.unwrap();
+        assert_eq!(r.metadata().get(NODE_HEADER).map(|v| v.to_str().unwrap()), Some(node.as_str()), "who answered");
+        let s = r.into_inner();
         assert_eq!(s.node_id, node);
         total += s.entries;
     }
@@ -177,6 +179,11 @@ async fn namespaces_shard_over_nodes_behind_nginx_and_a_dead_node_is_unavailable
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["total"]["entries"], NAMESPACES);
     assert_eq!(report["nodes"].as_array().unwrap().len(), NODES);
+    let nodes: Vec<String> = (1..=NODES).map(|k| format!("http://127.0.0.1:{}", base + k as u16)).collect();
+    let (ok, out, err) = common::process::run(&["stats", "--cluster", &nodes.join(","), "--json"]).await;
+    assert!(ok, "{err}");
+    let direct: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(direct["total"]["entries"], NAMESPACES, "the same sum asked of the nodes directly");
 
     // A node dies: its namespaces are UNAVAILABLE through the proxy; the others keep hitting.
     let victim = "n2";
