@@ -16,8 +16,6 @@ use std::sync::Arc;
 const ENTRY_OVERHEAD_BYTES: u64 = 128;
 
 impl Cache {
-    /// Caches a response; returns the new entry's id once it is durable, and with a probe
-    /// token what was learned from it.
     /// Whether [`Cache::store`] would refuse this request before doing any work: so that a
     /// batch can refuse a bad element before any of it is stored.
     pub fn check_store(&self, req: &StoreRequest) -> Result<(), CacheError> {
@@ -72,6 +70,8 @@ impl Cache {
         Ok((context, probe))
     }
 
+    /// Caches a response; returns the new entry's id once it is durable, and with a probe
+    /// token what was learned from it.
     pub async fn store(self: &Arc<Self>, mut req: StoreRequest) -> Result<Stored, CacheError> {
         let (context, probe) = self.check_store_opening(&req)?;
         let vector = self.embed(&req.query).await?;
