@@ -60,23 +60,30 @@ impl Cache {
     /// Whether [`Cache::lookup`] would refuse this request before doing any work: so that a
     /// batch can refuse a bad element before any of it is answered.
     pub fn check_lookup(&self, req: &LookupRequest) -> Result<(), CacheError> {
+        self.check_lookup_opening(req).map(|_| ())
+    }
+
+    /// The checks of a Lookup, with what they produce: the context key and the namespace.
+    fn check_lookup_opening(
+        &self,
+        req: &LookupRequest,
+    ) -> Result<(Option<String>, Option<Arc<NamespaceState>>), CacheError> {
         validate::namespace(&req.namespace)?;
         validate::text("query", &req.query, self.limits.max_query_bytes, "--max-query-bytes")?;
         validate::map("scope", &req.scope, self.limits.scope())?;
         if let Some(t) = req.similarity_threshold {
             validate::threshold("similarity_threshold", t)?;
         }
-        context::key(&req.context, &req.context_key)?;
-        if let Some(ns) = self.namespace(&req.namespace) {
-            self.usable(&ns, &req.namespace)?;
+        let context = context::key(&req.context, &req.context_key)?;
+        let ns = self.namespace(&req.namespace);
+        if let Some(ns) = &ns {
+            self.usable(ns, &req.namespace)?;
         }
-        Ok(())
+        Ok((context, ns))
     }
 
     pub async fn lookup(self: &Arc<Self>, req: LookupRequest) -> Result<LookupOutcome, CacheError> {
-        self.check_lookup(&req)?;
-        let context = context::key(&req.context, &req.context_key)?;
-        let ns = self.namespace(&req.namespace);
+        let (context, ns) = self.check_lookup_opening(&req)?;
         Counters::bump(&self.totals.lookups);
         if let Some(ns) = &ns {
             Counters::bump(&ns.counters.lookups);

@@ -26,6 +26,22 @@ pub struct SemanticCacheService {
     max_batch: usize,
 }
 
+/// What a batch's elements need of the caller, and where each names its namespace.
+struct Elements<P> {
+    right: Right,
+    namespace: fn(&P) -> &str,
+}
+
+/// Runs every checked element at once (the model's queue batches their texts into as few
+/// passes as fit) and answers in request order; a failure names its element.
+async fn answer_all<C, A, F>(checked: Vec<C>, run: impl Fn(C) -> F) -> Result<Vec<A>, Status>
+where
+    F: std::future::Future<Output = Result<A, Status>>,
+{
+    let answers = futures_util::future::join_all(checked.into_iter().map(run)).await;
+    answers.into_iter().enumerate().map(|(i, a)| a.map_err(|s| at(i, s))).collect()
+}
+
 /// A batch element's refusal: the element's status, its message saying which element.
 fn at(index: usize, status: Status) -> Status {
     let mut located = Status::new(status.code(), format!("requests[{index}]: {}", status.message()));
@@ -44,6 +60,32 @@ impl SemanticCacheService {
             "" => self.routing.span(request),
             ns => self.routing.namespace(request, ns),
         }
+    }
+
+    /// Every element of a batch checked before any is run (its size, routing, the caller's
+    /// grant and the cache's own checks), converted for the cache; a refusal names its element.
+    fn check_batch<P, C>(
+        &self,
+        who: &auth::Caller,
+        route: &routing::Route,
+        requests: Vec<P>,
+        elements: Elements<P>,
+        convert: fn(P) -> C,
+        check: fn(&Cache, &C) -> Result<(), cache::CacheError>,
+    ) -> Result<Vec<C>, Status> {
+        self.batch_size(requests.len())?;
+        requests
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let namespace = (elements.namespace)(&r);
+                self.routing.element(route, namespace).map_err(|s| at(i, s))?;
+                who.check(elements.right, namespace).map_err(|s| at(i, s))?;
+                let r = convert(r);
+                check(&self.cache, &r).map_err(|e| at(i, e.into()))?;
+                Ok(r)
+            })
+            .collect()
     }
 
     fn batch_size(&self, len: usize) -> Result<(), Status> {
@@ -295,22 +337,11 @@ impl SemanticCache for SemanticCacheService {
         &self,
         request: Request<pb::BatchLookupRequest>,
     ) -> Result<Response<pb::BatchLookupResponse>, Status> {
-        let who = caller(&request);
-        let route = self.routing.batch(&request)?;
+        let (who, route) = (caller(&request), self.routing.batch(&request)?);
         let requests = request.into_inner().requests;
-        self.batch_size(requests.len())?;
-        let mut checked = Vec::with_capacity(requests.len());
-        for (i, r) in requests.into_iter().enumerate() {
-            self.routing.element(&route, &r.namespace).map_err(|s| at(i, s))?;
-            who.check(Right::Read, &r.namespace).map_err(|s| at(i, s))?;
-            let r = lookup_from_pb(r);
-            self.cache.check_lookup(&r).map_err(|e| at(i, e.into()))?;
-            checked.push(r);
-        }
-        // All at once: the model's queue batches the queries into as few passes as fit.
-        let answers = futures_util::future::join_all(checked.into_iter().map(|r| self.lookup_one(r))).await;
-        let responses =
-            answers.into_iter().enumerate().map(|(i, a)| a.map_err(|s| at(i, s))).collect::<Result<_, _>>()?;
+        let elements = Elements { right: Right::Read, namespace: |r: &pb::LookupRequest| r.namespace.as_str() };
+        let checked = self.check_batch(&who, &route, requests, elements, lookup_from_pb, Cache::check_lookup)?;
+        let responses = answer_all(checked, |r| self.lookup_one(r)).await?;
         Ok(Response::new(pb::BatchLookupResponse { responses }))
     }
 
@@ -318,21 +349,11 @@ impl SemanticCache for SemanticCacheService {
         &self,
         request: Request<pb::BatchStoreRequest>,
     ) -> Result<Response<pb::BatchStoreResponse>, Status> {
-        let who = caller(&request);
-        let route = self.routing.batch(&request)?;
+        let (who, route) = (caller(&request), self.routing.batch(&request)?);
         let requests = request.into_inner().requests;
-        self.batch_size(requests.len())?;
-        let mut checked = Vec::with_capacity(requests.len());
-        for (i, r) in requests.into_iter().enumerate() {
-            self.routing.element(&route, &r.namespace).map_err(|s| at(i, s))?;
-            who.check(Right::Write, &r.namespace).map_err(|s| at(i, s))?;
-            let r = store_from_pb(r);
-            self.cache.check_store(&r).map_err(|e| at(i, e.into()))?;
-            checked.push(r);
-        }
-        let answers = futures_util::future::join_all(checked.into_iter().map(|r| self.store_one(r))).await;
-        let responses =
-            answers.into_iter().enumerate().map(|(i, a)| a.map_err(|s| at(i, s))).collect::<Result<_, _>>()?;
+        let elements = Elements { right: Right::Write, namespace: |r: &pb::StoreRequest| r.namespace.as_str() };
+        let checked = self.check_batch(&who, &route, requests, elements, store_from_pb, Cache::check_store)?;
+        let responses = answer_all(checked, |r| self.store_one(r)).await?;
         Ok(Response::new(pb::BatchStoreResponse { responses }))
     }
 
