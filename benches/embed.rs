@@ -1,5 +1,9 @@
 //! In-process embedding time: one short query, and batches of 8 and 32 realistic queries
 //! (sharded across all cores, as the server runs them), and the batch of 32 on one thread.
+//! `matmul_int8` times the encoder's three matrix products at a batch of 32 (640 tokens) in f32
+//! and through candle's int8 path (weights quantised to Q8_0 at load, activations at run
+//! time), and prints how far the int8 product is from the f32 one: the measurement behind
+//! keeping f32 (README, "More embeddings per core").
 //! Needs the model (`models/fetch.sh`). `cargo bench --bench embed`; the PyTorch reference
 //! on the same texts is `benches/torch_embed.py`.
 
@@ -59,9 +63,35 @@ fn bench(c: &mut Criterion) {
     tokenize.finish();
 }
 
+/// The encoder's matrix products (BERT-small, 384 hidden, 1536 intermediate) on 640 tokens.
+fn int8(c: &mut Criterion) {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::{Device, Module, Tensor};
+    let dev = Device::Cpu;
+    let mut group = c.benchmark_group("matmul_int8");
+    for (name, k, n) in
+        [("qkv_out_384x384", 384usize, 384usize), ("ffn_up_384x1536", 384, 1536), ("ffn_down_1536x384", 1536, 384)]
+    {
+        let x = Tensor::randn(0f32, 1.0, (640, k), &dev).unwrap();
+        // Linear's layout: weights (out, in), multiplied transposed.
+        let w = Tensor::randn(0f32, 0.05, (n, k), &dev).unwrap();
+        let q = QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()).unwrap();
+        let (exact, approx) = (x.matmul(&w.t().unwrap()).unwrap(), q.forward(&x).unwrap());
+        let cosine = |a: &Tensor, b: &Tensor| -> f32 {
+            let dot = (a * b).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+            dot / (norm(a) * norm(b))
+        };
+        println!("matmul_int8/{name}: cosine of the Q8_0 product to the f32 one {:.5}", cosine(&exact, &approx));
+        group.bench_function(BenchmarkId::new("f32", name), |b| b.iter(|| x.matmul(&w.t().unwrap()).unwrap()));
+        group.bench_function(BenchmarkId::new("q8_0", name), |b| b.iter(|| q.forward(&x).unwrap()));
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30);
-    targets = bench
+    targets = bench, int8
 }
 criterion_main!(benches);

@@ -15,6 +15,8 @@
 //! - `random`: fresh random vectors, whose nearest neighbour is barely nearer than the rest.
 //!   The hardest case for a graph, and in a cache a miss either way (similarity ~0.2).
 
+mod realdata;
+
 use rayon::prelude::*;
 use semcache::embed::{ModelInfo, SentenceModel};
 use semcache::index::{checkpoint, dot, IndexParams, Partition};
@@ -61,9 +63,9 @@ fn partition(name: &str, n: usize, vectors: &[Vec<f32>], graphs: Option<&PathBuf
     let scope = keys::scope_id(&Default::default());
     let params = IndexParams { flat_limit: 0, ..IndexParams::default() };
     if let Some(dir) = graphs {
-        if let Ok((hnsw, _)) = checkpoint::load(dir, &namespace, &scope, DIM, MODEL) {
+        if let Ok((graph, _)) = checkpoint::load(dir, &namespace, &scope, DIM, MODEL) {
             let live: HashSet<u64> = (1..=n as u64).collect();
-            let (p, missing) = Partition::from_checkpoint(namespace, scope, DIM, params, hnsw, &live);
+            let (p, missing) = Partition::from_checkpoint(namespace, scope, DIM, params, graph, &live);
             assert!(missing.is_empty(), "the kept graph in {} is not this data set", dir.display());
             println!("  graph reloaded from {}", dir.display());
             return p;
@@ -110,22 +112,46 @@ fn main() {
             (0..QUERIES as u64).map(|i| semcache::rng::unit_vector(20_000_000 + i, DIM)).collect();
         report(n, &p, &vectors, &[("near", &near), ("random", &random)]);
     }
+    if let Some(sizes) = std::env::var_os("SEMCACHE_INDEX_REAL") {
+        let sizes: Vec<usize> = sizes.to_string_lossy().split(',').filter_map(|n| n.trim().parse().ok()).collect();
+        real_structure(&sizes, graphs.as_ref());
+    }
     if let Some(pairs) = std::env::var_os("SEMCACHE_INDEX_PAIRS") {
         real_sentences(PathBuf::from(pairs), graphs.as_ref());
     }
 }
 
+/// Candidates re-ranked with the exact vectors, as a lookup does (`cache::lookup::RERANK`).
+const RERANK: usize = 16;
+
 fn report(n: usize, p: &Partition, vectors: &[Vec<f32>], sets: &[(&str, &Vec<Vec<f32>>)]) {
+    let m = p.memory();
+    println!(
+        "  index memory: codes {} + links {} + ids {} = {:.0} bytes per vector",
+        m.codes,
+        m.links,
+        m.ids,
+        (m.codes + m.links + m.ids) as f64 / n as f64
+    );
     for (name, queries) in sets {
         let truth = brute_force(vectors, queries);
+        let mut worst_code_error = 0f32;
         for ef in EFS {
             let mut times = Vec::with_capacity(queries.len());
             let mut correct = 0;
             for (q, want) in queries.iter().zip(&truth) {
                 let started = Instant::now();
-                let found = p.search_with_ef(q, 1, ef);
+                let found = p.search_with_ef(q, RERANK, ef);
+                // The exact vectors are in memory here; a server reads them from RocksDB.
+                let best = found
+                    .iter()
+                    .map(|c| (c.id, c.similarity, dot(q, &vectors[c.id as usize - 1])))
+                    .max_by(|a, b| a.2.total_cmp(&b.2));
                 times.push(started.elapsed());
-                correct += usize::from(found.first().map(|c| c.id) == Some(*want));
+                if let Some((_, approx, exact)) = best {
+                    worst_code_error = worst_code_error.max((approx - exact).abs());
+                }
+                correct += usize::from(best.map(|b| b.0) == Some(*want));
             }
             let times = Latencies::new(times);
             let micros = |p: f64| times.quantile(p).expect("samples").as_secs_f64() * 1e6;
@@ -136,6 +162,7 @@ fn report(n: usize, p: &Partition, vectors: &[Vec<f32>], sets: &[(&str, &Vec<Vec
                 correct as f64 / queries.len() as f64
             );
         }
+        println!("  {name}: the codes' similarity was off the exact cosine by at most {worst_code_error:.4}");
     }
 }
 
@@ -187,4 +214,44 @@ fn real_sentences(path: PathBuf, graphs: Option<&PathBuf>) {
     println!("{n} real questions ({}), {} paraphrase queries:", path.display(), query_vectors.len());
     let p = partition("qqp", n, stored_vectors, graphs);
     report(n, &p, stored_vectors, &[("para", &query_vectors.to_vec())]);
+}
+
+/// Real-structure vectors (see `realdata`): every distinct text of the evaluation data, and
+/// up to `n` with generated paraphrases around them. Queries: held-out real paraphrases (`para`,
+/// the partner of a stored text) and generated paraphrases of stored vectors (`near`).
+fn real_structure(sizes: &[usize], graphs: Option<&PathBuf>) {
+    let limit = std::env::var("SEMCACHE_INDEX_REAL_TEXTS").ok().and_then(|v| v.parse().ok());
+    let Some(real) = realdata::RealData::load(limit) else {
+        println!("real-structure run skipped: no ../shared/data (SEMCACHE_SHARED_DATA)");
+        return;
+    };
+    let cosines = &real.paraphrase_cosines;
+    let q = |p: f64| cosines[((cosines.len() - 1) as f64 * p) as usize];
+    println!(
+        "{} real texts, {} duplicate pairs: paraphrase cosine p10 {:.3} p50 {:.3} p90 {:.3}",
+        real.vectors.len(),
+        real.paraphrases.len(),
+        q(0.1),
+        q(0.5),
+        q(0.9)
+    );
+    for &n in sizes {
+        println!("{n} real-structure vectors:");
+        let vectors = real.generate(n, 42);
+        let p = partition("real", n, &vectors, graphs);
+        let mut rng = semcache::rng::SplitMix64::new(7);
+        let near: Vec<Vec<f32>> =
+            (0..QUERIES).map(|_| real.paraphrase_of(&vectors[rng.below(n as u64) as usize], &mut rng)).collect();
+        // Both texts of these pairs are stored, so the query is the pair's partner moved on by
+        // another paraphrase step: a new rewording of a cached question.
+        let para: Vec<Vec<f32>> = real
+            .paraphrases
+            .iter()
+            .filter(|(a, b)| *a < n && *b < n)
+            .step_by(7)
+            .take(QUERIES)
+            .map(|&(_, b)| real.paraphrase_of(&real.vectors[b], &mut rng))
+            .collect();
+        report(n, &p, &vectors, &[("para", &para), ("near", &near)]);
+    }
 }

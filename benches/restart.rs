@@ -2,10 +2,14 @@
 //! RocksDB) and from checkpoints. Not a criterion benchmark: one run takes minutes.
 //!
 //! `SEMCACHE_RESTART_ENTRIES=100000 cargo bench --bench restart` (default 100,000). Fills a
-//! temporary data dir with that many entries in one namespace (seeded random unit vectors:
-//! start-up does not depend on where vectors came from), then opens it twice and prints the
-//! time and the process RSS after each open. Needs the model (`models/fetch.sh`), because
-//! `Cache::open` checks the data against it.
+//! temporary data dir with that many entries in one namespace, then opens it twice and prints
+//! the time, the process RSS after each open and where the bytes go. Vectors have the
+//! structure of real traffic (see `realdata`: real sentence vectors and generated paraphrases
+//! around them) when `../shared/data` is there, seeded random unit vectors otherwise
+//! (`SEMCACHE_RESTART_VECTORS=random` asks for those). Needs the model (`models/fetch.sh`),
+//! because `Cache::open` checks the data against it.
+
+mod realdata;
 
 use semcache::cache::{Cache, Defaults, Settings};
 use semcache::clock::{now_unix_ms, SystemClock};
@@ -26,7 +30,19 @@ fn rss_mib() -> f64 {
     kib / 1024.0
 }
 
+fn vectors(entries: u64, dim: usize) -> (Vec<Vec<f32>>, &'static str) {
+    let random = std::env::var("SEMCACHE_RESTART_VECTORS").is_ok_and(|v| v == "random");
+    let limit = std::env::var("SEMCACHE_INDEX_REAL_TEXTS").ok().and_then(|v| v.parse().ok());
+    match (random, realdata::RealData::load(limit)) {
+        (false, Some(real)) => (real.generate(entries as usize, 42), "real-structure"),
+        _ => ((1..=entries).map(|id| unit_vector(id, dim)).collect(), "seeded random"),
+    }
+}
+
 fn fill(dir: &Path, info: &ModelInfo, entries: u64) {
+    let (vectors, kind) = vectors(entries, info.dim);
+    println!("{kind} vectors");
+    let mut vectors = vectors.into_iter();
     let store = Store::open(dir).unwrap();
     let now = now_unix_ms();
     let mut batch = store.batch();
@@ -49,7 +65,7 @@ fn fill(dir: &Path, info: &ModelInfo, entries: u64) {
                 query: query.clone(),
                 response: format!("answer {id}"),
                 created_at_unix_ms: now,
-                vector: unit_vector(id, info.dim),
+                vector: vectors.next().expect("one per entry"),
                 ..Default::default()
             };
             let catalog = CatalogRecord {
@@ -67,14 +83,44 @@ fn fill(dir: &Path, info: &ModelInfo, entries: u64) {
     store.set_id_high_water(entries + 1).unwrap();
 }
 
-fn open(dir: &Path, model: &Path, info: &ModelInfo) -> (Cache, f64) {
-    let (embedder, _ready) =
+/// Opens the data dir; returns the cache, the seconds it took and the RSS before it (the model
+/// loaded, nothing else).
+fn open(dir: &Path, model: &Path, info: &ModelInfo) -> (Cache, f64, f64) {
+    let (embedder, ready) =
         Embedder::spawn(model, info.clone(), DeviceKind::Cpu, BatchConfig::default(), Box::new(|_| {}));
+    ready.blocking_recv().expect("the model thread").expect("the model loads");
+    let base = rss_mib();
     let started = Instant::now();
     let settings =
         Settings { defaults: Defaults { similarity_threshold: 0.85, ..Defaults::default() }, ..Settings::default() };
     let cache = Cache::open(Store::open(dir).unwrap(), Arc::new(embedder), settings, Arc::new(SystemClock)).unwrap();
-    (cache, started.elapsed().as_secs_f64())
+    (cache, started.elapsed().as_secs_f64(), base)
+}
+
+/// Where the RSS goes after a start, one row per part, in MiB and bytes per entry.
+fn memory_table(cache: &Cache, base: f64, entries: usize) {
+    let m = cache.memory();
+    let mib = |b: f64| b / (1 << 20) as f64;
+    let total = rss_mib();
+    let parts = [
+        ("model, runtime (RSS before the open)", base),
+        ("graph codes (int8 + scale)", mib(m.index.codes as f64)),
+        ("graph links", mib(m.index.links as f64)),
+        ("graph ids, id map, levels, dead bits", mib(m.index.ids as f64)),
+        ("ledger (catalog in memory, LRU, expiry)", mib(m.ledger as f64)),
+        ("RocksDB (block cache, memtables, table readers)", mib(m.rocksdb as f64)),
+    ];
+    let known: f64 = parts.iter().map(|p| p.1).sum();
+    println!("| part | MiB | bytes per entry |");
+    println!("| --- | ---: | ---: |");
+    for (name, value) in parts.iter().copied().chain([("allocator slack, the rest", total - known), ("RSS", total)]) {
+        let per = if name.starts_with("model") {
+            String::from("-")
+        } else {
+            format!("{:.0}", value * (1 << 20) as f64 / entries as f64)
+        };
+        println!("| {name} | {value:.0} | {per} |");
+    }
 }
 
 /// One start-up in a fresh process, so that its RSS is its own.
@@ -98,8 +144,9 @@ fn main() {
     let info = ModelInfo::read(&model).expect("model missing: run models/fetch.sh");
     if let Some(dir) = std::env::var_os("SEMCACHE_RESTART_OPEN") {
         let label = std::env::var("SEMCACHE_RESTART_LABEL").unwrap_or_default();
-        let (cache, secs) = open(Path::new(&dir), &model, &info);
+        let (cache, secs, base) = open(Path::new(&dir), &model, &info);
         println!("{label:<16} {secs:>7.1} s, RSS {:>6.0} MiB, {:?}", rss_mib(), cache.restore_report);
+        memory_table(&cache, base, cache.restore_report.vectors);
         let started = Instant::now();
         if cache.checkpoint() > 0 {
             println!("{:<16} {:>7.1} s", "checkpoint write", started.elapsed().as_secs_f64());

@@ -91,6 +91,20 @@ impl Ledger {
         self.inner.lock()
     }
 
+    /// Bytes the ledger holds, estimated from its tables' capacities (hash tables: a slot
+    /// and a control byte per bucket; B-trees: keys at two-thirds fill, as they settle).
+    pub fn memory_bytes(&self) -> usize {
+        let inner = self.lock();
+        let hashed = |buckets: usize, slot: usize| buckets * (slot + 1);
+        let btree = |len: usize, key: usize| len * key * 3 / 2;
+        hashed(inner.entries.capacity(), 8 + std::mem::size_of::<Meta>())
+            + hashed(inner.ticks.capacity(), 16)
+            + hashed(inner.dirty.capacity(), 8)
+            + btree(inner.by_expiry.len(), 16)
+            + btree(inner.recency.len(), 16)
+            + inner.namespaces.values().map(|ns| btree(ns.recency.len(), 16)).sum::<usize>()
+    }
+
     /// Adds (or replaces) an entry, as most recently used.
     pub fn insert(&self, id: u64, meta: Meta) {
         let mut inner = self.lock();

@@ -5,7 +5,7 @@ use super::counters::Counters;
 use super::learner::{Decision, Features, Offset, EXPLORE_MIN_SIMILARITY};
 use super::namespaces::NamespaceState;
 use super::{context, guard, validate, Cache, CacheError, Entry, GuardVeto, LookupOutcome, LookupRequest, MissReason};
-use crate::index::{Candidate, Partition};
+use crate::index::{dot, Partition};
 use crate::store::{keys, EntryRecord};
 use crate::text::normalize;
 use std::collections::BTreeMap;
@@ -14,6 +14,12 @@ use std::sync::Arc;
 /// Candidates taken from the index per lookup: the first live one wins, the rest cover
 /// entries that expired but are not purged yet.
 pub(super) const CANDIDATES: usize = 8;
+
+/// Candidates read from the index before re-ranking. Its similarities come from int8 codes
+/// (within a few thousandths), so it is asked for twice as many, and the best `CANDIDATES` are
+/// picked by the exact cosine to the stored f32 vectors: what a lookup reports and decides
+/// on is the exact similarity, as before the graphs were quantised.
+const RERANK: usize = 2 * CANDIDATES;
 
 /// What the first, model-free step of a lookup found.
 enum Before {
@@ -179,7 +185,7 @@ impl Cache {
         let mut outcome =
             LookupOutcome { threshold: ask.threshold, miss_reason: MissReason::Empty, ..Default::default() };
         let now = self.now();
-        let (neighbours, full) = self.live_neighbours(partition, vector, now);
+        let (neighbours, full) = self.live_neighbours(partition, vector, now)?;
         let screened = self.learning.screen(ask.query_id, neighbours.iter().map(|n| n.id));
         let live: Vec<Live> = neighbours
             .into_iter()
@@ -237,26 +243,43 @@ impl Cache {
         Ok(outcome)
     }
 
-    /// The live candidates of a search, nearest first, from the ledger (no RocksDB read), and
-    /// whether the search returned as many as it was asked for.
-    pub(super) fn live_neighbours(&self, partition: &Partition, vector: &[f32], now: i64) -> (Vec<Neighbour>, bool) {
-        let candidates: Vec<Candidate> = partition.search(vector, CANDIDATES);
-        let full = candidates.len() == CANDIDATES;
-        let known = self.ledger.candidates(candidates.iter().map(|c| c.id));
-        let live = candidates
+    /// The live candidates of a search, nearest first by exact cosine (the vectors are read
+    /// from RocksDB, liveness from the ledger), and whether the search returned as many as it
+    /// was asked for.
+    pub(super) fn live_neighbours(
+        &self,
+        partition: &Partition,
+        vector: &[f32],
+        now: i64,
+    ) -> Result<(Vec<Neighbour>, bool), CacheError> {
+        let approximate = partition.search(vector, RERANK);
+        let full = approximate.len() >= CANDIDATES;
+        let ids: Vec<u64> = approximate.iter().map(|c| c.id).collect();
+        let records = self.store.get_entries(partition.namespace(), &ids)?;
+        // An id without a record was deleted since the search.
+        let mut exact: Vec<(u64, f32)> = records
+            .into_iter()
+            .flatten()
+            .filter(|r| r.vector.len() == vector.len())
+            .map(|r| (r.id, dot(vector, &r.vector)))
+            .collect();
+        exact.sort_by(|a, b| b.1.total_cmp(&a.1));
+        exact.truncate(CANDIDATES);
+        let known = self.ledger.candidates(exact.iter().map(|c| c.0));
+        let live = exact
             .iter()
             .zip(known)
-            .filter_map(|(c, known)| {
+            .filter_map(|(&(id, similarity), known)| {
                 let (expires_at, answer) = known?;
                 // Expired but not yet swept: never served.
                 (expires_at == 0 || expires_at > now).then_some(Neighbour {
-                    id: c.id,
-                    similarity: c.similarity.clamp(-1.0, 1.0),
+                    id,
+                    similarity: similarity.clamp(-1.0, 1.0),
                     answer,
                 })
             })
             .collect();
-        (live, full)
+        Ok((live, full))
     }
 
     /// A hit: counted and made most recently used in memory only (flushed lazily). An entry

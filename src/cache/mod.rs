@@ -94,7 +94,25 @@ pub struct Cache {
     pub restore_report: RestoreReport,
 }
 
+/// Where the cache's memory goes, by part (see `Cache::memory`).
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryReport {
+    pub index: crate::index::compact::Memory,
+    pub ledger: usize,
+    pub rocksdb: u64,
+}
+
 impl Cache {
+    /// Bytes held by the index (codes, links, ids), the ledger (estimated) and RocksDB (as it
+    /// reports them): the memory table of the README.
+    pub fn memory(&self) -> MemoryReport {
+        MemoryReport {
+            index: self.index.memory(),
+            ledger: self.ledger.memory_bytes(),
+            rocksdb: self.store.memory_bytes(),
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
         self.embedder.is_ready()
     }

@@ -301,7 +301,7 @@ impl Cache {
         let now = self.now();
         let not_found = || CacheError::EntryNotFound { namespace: req.namespace.clone(), id };
         let entry = self.store.get_entry(&req.namespace, id)?.filter(|e| e.is_live(now)).ok_or_else(not_found)?;
-        let features = self.features_for(&entry, &vector, now);
+        let features = self.features_for(&entry, &vector, now)?;
         let normalized = normalize(&req.query);
         let mut evidence = self.learning.get(id);
         let observation = features.observation(req.correct, Source::Feedback);
@@ -333,17 +333,17 @@ impl Cache {
     }
 
     /// The features a lookup of `vector` would have seen with `entry` as the nearest entry.
-    fn features_for(&self, entry: &EntryRecord, vector: &[f32], now: i64) -> Features {
+    fn features_for(&self, entry: &EntryRecord, vector: &[f32], now: i64) -> Result<Features, CacheError> {
         let similarity = dot(vector, &entry.vector).clamp(-1.0, 1.0);
         let answer = self.ledger.answer(entry.id).unwrap_or(0);
         let mut neighbours = vec![(similarity, answer)];
         let mut full = false;
         if let Some(partition) = self.index.partition(&entry.namespace, &keys::scope_id(&entry.scope)) {
-            let (others, searched_full) = self.live_neighbours(&partition, vector, now);
+            let (others, searched_full) = self.live_neighbours(&partition, vector, now)?;
             full = searched_full;
             // Nearest first already; the entry itself is put in front, wherever it ranked.
             neighbours.extend(others.iter().filter(|n| n.id != entry.id).map(|n| (n.similarity, n.answer)));
         }
-        Features::of(&neighbours, full).expect("the entry itself is there")
+        Ok(Features::of(&neighbours, full).expect("the entry itself is there"))
     }
 }

@@ -1,5 +1,6 @@
-//! Graph checkpoints: a partition's hnsw_rs graph dumped with `file_dump` into the data dir,
-//! so that start-up reloads it in seconds instead of re-inserting every vector.
+//! Graph checkpoints: a partition's compact graph written as it is laid out in memory
+//! (`compact::Compact::write_to`, with a CRC-32 of every byte after it), so that start-up
+//! reads it back at disk speed instead of re-inserting every vector.
 //!
 //! A checkpoint is only a cache of work: which entries it holds is read from the graph itself
 //! and compared with RocksDB at start (entries added since are inserted, deleted ones marked
@@ -7,17 +8,18 @@
 //! fresh `<key>.new` directory, synced, and then renamed over `<key>`; `meta.json`, written
 //! last, marks it complete. A crash at any point leaves at least one usable or no checkpoint.
 
+use super::compact::Compact;
 use super::ScopeId;
-use hnsw_rs::prelude::{AnnT, DistDot, Hnsw, HnswIo};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
-use std::io;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-const FORMAT: u32 = 1;
-const BASENAME: &str = "graph";
+/// 2: the compact int8 layout (1 was hnsw_rs's own dump of f32 graphs; such a checkpoint is
+/// refused as unusable and the partition rebuilt from RocksDB once).
+pub const FORMAT: u32 = 2;
+const GRAPH: &str = "graph.bin";
 const META: &str = "meta.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -55,7 +57,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Dumps `hnsw` as the checkpoint of its partition and swaps it in. On failure the previous
 /// checkpoint is left as it was and the half-written one is removed (on a full disk it would
 /// otherwise hold the space that the next try needs).
-pub fn write(graphs: &Path, hnsw: &Hnsw<'static, f32, DistDot>, meta: &Meta) -> io::Result<()> {
+pub fn write(graphs: &Path, graph: &Compact, meta: &Meta) -> io::Result<()> {
     let key = key(&meta.namespace, &parse_scope(&meta.scope).expect("scope hex we wrote"));
     fs::create_dir_all(graphs)?;
     let fresh = graphs.join(format!("{key}.new"));
@@ -63,24 +65,20 @@ pub fn write(graphs: &Path, hnsw: &Hnsw<'static, f32, DistDot>, meta: &Meta) -> 
         fs::remove_dir_all(&fresh)?;
     }
     fs::create_dir(&fresh)?;
-    if let Err(e) = write_fresh(&fresh, hnsw, meta) {
+    if let Err(e) = write_fresh(&fresh, graph, meta) {
         let _ = fs::remove_dir_all(&fresh);
         return Err(e);
     }
     swap_in(graphs, &key, &fresh)
 }
 
-fn write_fresh(fresh: &Path, hnsw: &Hnsw<'static, f32, DistDot>, meta: &Meta) -> io::Result<()> {
-    // hnsw_rs reports failures as panics or as anyhow errors; both become io errors here.
-    let dumped = catch_unwind(AssertUnwindSafe(|| hnsw.file_dump(fresh, BASENAME)))
-        .map_err(|_| io::Error::other("hnsw_rs panicked while dumping the graph"))?
-        .map_err(|e| io::Error::other(format!("hnsw_rs could not dump the graph: {e}")))?;
-    if dumped != BASENAME {
-        return Err(io::Error::other(format!("hnsw_rs dumped under an unexpected name {dumped:?}")));
-    }
-    for ext in ["hnsw.graph", "hnsw.data"] {
-        File::open(fresh.join(format!("{BASENAME}.{ext}")))?.sync_all()?;
-    }
+fn write_fresh(fresh: &Path, graph: &Compact, meta: &Meta) -> io::Result<()> {
+    let file = File::create(fresh.join(GRAPH))?;
+    let mut out = Crc(crc32fast::Hasher::new(), BufWriter::with_capacity(1 << 20, file));
+    graph.write_to(&mut out)?;
+    let Crc(crc, mut w) = out;
+    w.write_all(&crc.finalize().to_le_bytes())?;
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     let json = serde_json::to_vec_pretty(meta).map_err(io::Error::other)?;
     fs::write(fresh.join(META), json)?;
     File::open(fresh.join(META))?.sync_all()?;
@@ -131,7 +129,7 @@ pub fn load(
     scope: &ScopeId,
     dim: usize,
     model: &str,
-) -> Result<(Hnsw<'static, f32, DistDot>, Meta), LoadError> {
+) -> Result<(Compact, Meta), LoadError> {
     let key = key(namespace, scope);
     let mut last = LoadError::Missing;
     // `<key>` is the current one; `.new` and `.old` exist only if a swap was interrupted,
@@ -149,13 +147,7 @@ pub fn load(
     Err(last)
 }
 
-fn load_dir(
-    dir: &Path,
-    namespace: &str,
-    scope: &ScopeId,
-    dim: usize,
-    model: &str,
-) -> Result<(Hnsw<'static, f32, DistDot>, Meta), String> {
+fn load_dir(dir: &Path, namespace: &str, scope: &ScopeId, dim: usize, model: &str) -> Result<(Compact, Meta), String> {
     let meta: Meta = serde_json::from_slice(&fs::read(dir.join(META)).map_err(|e| e.to_string())?)
         .map_err(|e| format!("{META}: {e}"))?;
     let expected = (FORMAT, namespace, scope_hex(scope), dim, model);
@@ -165,24 +157,45 @@ fn load_dir(
             meta.format, meta.namespace, meta.scope, meta.dim, meta.model, expected
         ));
     }
-    // The reloaded graph borrows its loader for as long as it lives. Without mmap (the
-    // default) every vector is copied into the graph, so the loader only has to outlive it;
-    // it is a few hundred bytes, loaded once per partition per process, so it is leaked
-    // rather than tied to the graph with a self-referential type.
-    let io: &'static HnswIo = Box::leak(Box::new(HnswIo::new(dir, BASENAME)));
-    // hnsw_rs asserts on malformed files; a corrupt checkpoint must not take the server down.
-    let hnsw: Hnsw<'static, f32, DistDot> = catch_unwind(AssertUnwindSafe(|| io.load_hnsw_with_dist(DistDot)))
-        .map_err(|_| "hnsw_rs panicked while reading it (corrupt file?)".to_string())?
-        .map_err(|e| format!("hnsw_rs could not read it: {e}"))?;
-    let points = hnsw.get_nb_point();
-    if points != meta.points {
-        return Err(format!("holds {points} points, its meta.json says {}", meta.points));
+    let file = File::open(dir.join(GRAPH)).map_err(|e| format!("{GRAPH}: {e}"))?;
+    let mut input = Crc(crc32fast::Hasher::new(), BufReader::with_capacity(1 << 20, file));
+    let graph = Compact::read_from(&mut input)?;
+    let Crc(crc, mut rest) = input;
+    let mut stored = [0u8; 4];
+    rest.read_exact(&mut stored).map_err(|_| "truncated: no checksum".to_string())?;
+    if u32::from_le_bytes(stored) != crc.finalize() {
+        return Err(format!("{GRAPH} fails its checksum (damaged)"));
     }
-    let data_dim = hnsw.get_point_indexation().get_data_dimension();
-    if points > 0 && data_dim != dim {
-        return Err(format!("vectors have {data_dim} dimensions, expected {dim}"));
+    if graph.points() != meta.points {
+        return Err(format!("holds {} points, its meta.json says {}", graph.points(), meta.points));
     }
-    Ok((hnsw, meta))
+    if graph.points() > 0 && graph.dim() != dim {
+        return Err(format!("vectors have {} dimensions, expected {dim}", graph.dim()));
+    }
+    Ok((graph, meta))
+}
+
+/// A reader or writer that hashes every byte going through it.
+struct Crc<T>(crc32fast::Hasher, T);
+
+impl<W: Write> Write for Crc<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.1.write(buf)?;
+        self.0.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.1.flush()
+    }
+}
+
+impl<R: Read> Read for Crc<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.1.read(buf)?;
+        self.0.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// Removes the checkpoint of a partition (all generations).

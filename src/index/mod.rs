@@ -4,7 +4,9 @@
 //! checkpoints plus RocksDB, or rebuilt from RocksDB alone.
 
 pub mod checkpoint;
+pub mod compact;
 mod partition;
+pub mod quant;
 
 pub use partition::{dot, Candidate, IndexParams, Partition};
 
@@ -103,9 +105,9 @@ impl Index {
             None => Err(checkpoint::LoadError::Missing),
         };
         match loaded {
-            Ok((hnsw, _)) => {
+            Ok((graph, _)) => {
                 let (partition, missing) =
-                    Partition::from_checkpoint(namespace.clone(), scope, self.dim, self.params, hnsw, &live);
+                    Partition::from_checkpoint(namespace.clone(), scope, self.dim, self.params, graph, &live);
                 let items = fetch(namespace, &missing)?;
                 partition.insert_many(&items);
                 report.from_checkpoint += 1;
@@ -176,6 +178,15 @@ impl Index {
     /// Live vectors in a namespace, over all its scopes.
     pub fn len(&self, namespace: &str) -> usize {
         self.namespaces.read().get(namespace).map_or(0, |parts| parts.values().map(|p| p.len()).sum())
+    }
+
+    /// Bytes the partitions' structures hold, summed.
+    pub fn memory(&self) -> compact::Memory {
+        self.all().iter().map(|p| p.memory()).fold(compact::Memory::default(), |a, m| compact::Memory {
+            codes: a.codes + m.codes,
+            links: a.links + m.links,
+            ids: a.ids + m.ids,
+        })
     }
 
     pub fn total(&self) -> usize {

@@ -1,18 +1,26 @@
 //! One namespace+scope partition of the vector index.
 //!
-//! Small partitions are scanned exactly: below a few thousand vectors a scan is as fast as a
-//! graph walk and has perfect recall. Past `flat_limit` the partition is rebuilt, in the
-//! background, as an hnsw_rs graph. hnsw_rs cannot delete, so removed ids are remembered and
-//! filtered out at search time, and a graph whose dead share grows is rebuilt without them.
+//! Small partitions are scanned in full: below a few thousand vectors a scan is as fast as a
+//! graph walk and misses nothing. Past `flat_limit` the partition is rebuilt, in the
+//! background, as an HNSW graph (built by hnsw_rs, kept in the compact layout of
+//! [`super::compact`]). Removed points are marked dead and filtered out at search time, and a
+//! graph whose dead share grows is rebuilt without them.
+//!
+//! Vectors are held as int8 codes (see [`super::quant`]), so the similarities returned here
+//! are approximate (within a few thousandths): ask for a few more candidates than needed and
+//! re-rank them with the exact vectors, which RocksDB keeps.
 
+use super::compact::{Compact, Query};
+use super::quant::{packed, quantize, DistQ8};
 use super::{checkpoint, ScopeId};
-use hnsw_rs::prelude::{DistDot, Hnsw};
+use hnsw_rs::prelude::Hnsw;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 // parking_lot: a panic inside an hnsw_rs insert must not poison the partition for every later
 // search, as std's locks would.
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use rayon::prelude::*;
 use std::sync::Arc;
 
 /// Tuning of the graphs; see `IndexParams::default` for the reasoning behind each value.
@@ -52,6 +60,9 @@ const MAX_DEAD_SHARE: f64 = 0.25;
 /// Vectors per `parallel_insert` call when building a graph; progress is logged between them.
 const BUILD_SLICE: usize = 50_000;
 
+/// Inserts planned in parallel before they are linked in (catch-up after a checkpoint).
+const INSERT_CHUNK: usize = 64;
+
 pub struct Partition {
     namespace: Arc<str>,
     scope: ScopeId,
@@ -83,22 +94,16 @@ enum Change {
 
 enum Inner {
     Flat(Flat),
-    Graph(Graph),
+    Graph(Compact),
 }
 
 #[derive(Default)]
 struct Flat {
     ids: Vec<u64>,
-    /// Row-major, `dim` floats per id, in the order of `ids`.
-    vectors: Vec<f32>,
+    /// Row-major, `dim` codes per id, in the order of `ids`.
+    codes: Vec<i8>,
+    scales: Vec<f32>,
     position: HashMap<u64, usize>,
-}
-
-struct Graph {
-    hnsw: Hnsw<'static, f32, DistDot>,
-    dead: HashSet<u64>,
-    /// Points in the graph, dead ones included.
-    inserted: usize,
 }
 
 impl Partition {
@@ -141,14 +146,14 @@ impl Partition {
         scope: ScopeId,
         dim: usize,
         params: IndexParams,
-        hnsw: Hnsw<'static, f32, DistDot>,
+        mut graph: Compact,
         live: &HashSet<u64>,
     ) -> (Self, Vec<u64>) {
-        let mut graph = Graph { inserted: hnsw.get_nb_point(), hnsw, dead: HashSet::new() };
-        let present = graph.ids();
-        graph.dead = present.iter().copied().filter(|id| !live.contains(id)).collect();
-        let present: HashSet<u64> = present.into_iter().collect();
-        let missing = live.iter().copied().filter(|id| !present.contains(id)).collect();
+        let gone: Vec<u64> = graph.ids().iter().copied().filter(|id| !live.contains(id)).collect();
+        for id in gone {
+            graph.remove(id);
+        }
+        let missing = live.iter().copied().filter(|id| !graph.contains_live(*id)).collect();
         (Self::with_inner(namespace, scope, dim, params, Inner::Graph(graph)), missing)
     }
 
@@ -178,6 +183,11 @@ impl Partition {
         self.len() == 0
     }
 
+    /// Bytes the partition's structure holds (codes, links, ids), for the memory table.
+    pub fn memory(&self) -> super::compact::Memory {
+        self.read().memory()
+    }
+
     /// Whether a search walks a graph (worth moving off the async threads) rather than
     /// scanning a few thousand vectors.
     pub fn is_graph(&self) -> bool {
@@ -192,8 +202,17 @@ impl Partition {
             self.changed.store(true, Ordering::Relaxed);
             return;
         }
+        // A graph insert searches for its neighbours under the read lock, so that searches
+        // keep going meanwhile; only linking the point in takes the write lock.
+        let plan = match &*self.read() {
+            Inner::Graph(graph) => Some(graph.plan(id, vector)),
+            Inner::Flat(_) => None,
+        };
         let mut inner = self.write();
-        inner.insert(id, vector);
+        match (&mut *inner, plan) {
+            (Inner::Graph(graph), Some(plan)) => graph.apply(plan),
+            (inner, _) => inner.insert(id, vector),
+        }
         self.changed.store(true, Ordering::Relaxed);
         if let Some(journal) = self.journal.lock().as_mut() {
             journal.push(Change::Insert(id, vector.to_vec()));
@@ -234,7 +253,8 @@ impl Partition {
         removed
     }
 
-    /// The `k` nearest live vectors to a unit-length query, most similar first.
+    /// The `k` nearest live vectors to a unit-length query, most similar first, with
+    /// approximate similarities (int8 codes): re-rank them with the exact vectors.
     pub fn search(&self, query: &[f32], k: usize) -> Vec<Candidate> {
         self.search_with_ef(query, k, self.params.ef_search)
     }
@@ -243,7 +263,7 @@ impl Partition {
     pub fn search_with_ef(&self, query: &[f32], k: usize, ef: usize) -> Vec<Candidate> {
         let (recent, removed) = match &*self.staged.lock() {
             None => return self.search_inner(query, k, ef),
-            Some(s) => (s.inserts.search(self.dim, query, k), s.removes.clone()),
+            Some(s) => (s.inserts.search(self.dim, &Query::new(query), k), s.removes.clone()),
         };
         let mut found = self.search_inner(query, k + removed.len(), ef);
         found.retain(|c| !removed.contains(&c.id));
@@ -254,17 +274,11 @@ impl Partition {
     }
 
     fn search_inner(&self, query: &[f32], k: usize, ef: usize) -> Vec<Candidate> {
+        let query = Query::new(query);
         match &*self.read() {
-            Inner::Flat(flat) => flat.search(self.dim, query, k),
+            Inner::Flat(flat) => flat.search(self.dim, &query, k),
             Inner::Graph(graph) => {
-                let ef = ef.max(k);
-                let found = if graph.dead.is_empty() {
-                    graph.hnsw.search(query, k, ef)
-                } else {
-                    let alive = |id: &usize| !graph.dead.contains(&(*id as u64));
-                    graph.hnsw.search_filter(query, k, ef, Some(&alive))
-                };
-                found.into_iter().map(|n| Candidate { id: n.d_id as u64, similarity: 1.0 - n.distance }).collect()
+                graph.search(&query, k, ef).into_iter().map(|(id, similarity)| Candidate { id, similarity }).collect()
             }
         }
     }
@@ -274,7 +288,7 @@ impl Partition {
     pub fn needs_rebuild(&self) -> bool {
         match &*self.read() {
             Inner::Flat(flat) => flat.ids.len() > self.params.flat_limit,
-            Inner::Graph(graph) => graph.dead.len() as f64 > graph.inserted as f64 * MAX_DEAD_SHARE,
+            Inner::Graph(graph) => graph.dead_count() as f64 > graph.points() as f64 * MAX_DEAD_SHARE,
         }
     }
 
@@ -330,9 +344,7 @@ impl Partition {
         let mut staged = self.staged.lock();
         let mut inner = self.write();
         let Staged { inserts, removes } = staged.take().unwrap_or_default();
-        let items: Vec<(u64, Vec<f32>)> =
-            inserts.ids.iter().zip(inserts.vectors.chunks_exact(self.dim)).map(|(id, v)| (*id, v.to_vec())).collect();
-        inner.insert_many(&items);
+        inner.insert_many(&inserts.decoded(self.dim));
         for id in removes {
             inner.remove(id);
         }
@@ -342,15 +354,15 @@ impl Partition {
         let inner = self.read();
         let Inner::Graph(graph) = &*inner else { return Ok(()) };
         let meta = checkpoint::Meta {
-            format: 1,
+            format: checkpoint::FORMAT,
             namespace: self.namespace.to_string(),
             scope: checkpoint::scope_hex(&self.scope),
             dim: self.dim,
             model: model.to_owned(),
-            points: graph.inserted,
+            points: graph.points(),
             written_unix_ms: crate::clock::now_unix_ms(),
         };
-        checkpoint::write(graphs, &graph.hnsw, &meta)
+        checkpoint::write(graphs, graph, &meta)
     }
 }
 
@@ -363,120 +375,135 @@ impl Inner {
             }
             return Inner::Flat(flat);
         }
-        let mut graph = Graph::new(params, items.len());
-        let refs: Vec<(&[f32], usize)> = items.iter().map(|(id, v)| (v.as_slice(), *id as usize)).collect();
+        let dim = items.first().map_or(0, |(_, v)| v.len());
+        let hnsw: Hnsw<'static, i8, DistQ8> =
+            Hnsw::new(params.max_connections, items.len(), 16, params.ef_construction, DistQ8);
+        let rows: Vec<(u64, Vec<i8>)> = items.into_iter().map(|(id, v)| (id, packed(&v))).collect();
         // In slices, so that a build of minutes reports progress.
         let started = std::time::Instant::now();
-        for slice in refs.chunks(BUILD_SLICE) {
-            graph.hnsw.parallel_insert_slice(&slice.to_vec());
-            graph.inserted += slice.len();
-            if refs.len() > BUILD_SLICE {
-                tracing::info!(
-                    done = graph.inserted,
-                    total = refs.len(),
-                    elapsed_s = started.elapsed().as_secs(),
-                    "building graph"
-                );
+        let mut done = 0;
+        for slice in rows.chunks(BUILD_SLICE) {
+            let refs: Vec<(&[i8], usize)> = slice.iter().map(|(id, v)| (v.as_slice(), *id as usize)).collect();
+            hnsw.parallel_insert_slice(&refs);
+            done += slice.len();
+            if rows.len() > BUILD_SLICE {
+                tracing::info!(done, total = rows.len(), elapsed_s = started.elapsed().as_secs(), "building graph");
             }
         }
-        Inner::Graph(graph)
+        drop(rows);
+        Inner::Graph(Compact::from_hnsw(&hnsw, dim, params.max_connections, params.ef_construction))
     }
 
     fn len(&self) -> usize {
         match self {
             Inner::Flat(f) => f.ids.len(),
-            Inner::Graph(g) => g.inserted - g.dead.len(),
+            Inner::Graph(g) => g.points() - g.dead_count(),
         }
     }
 
     fn insert(&mut self, id: u64, vector: &[f32]) {
         match self {
             Inner::Flat(flat) => flat.push(id, vector),
-            Inner::Graph(graph) => {
-                graph.hnsw.insert_slice((vector, id as usize));
-                graph.inserted += 1;
-            }
+            Inner::Graph(graph) => graph.insert(id, vector),
         }
     }
 
     fn insert_many(&mut self, items: &[(u64, Vec<f32>)]) {
         match self {
             Inner::Graph(graph) => {
-                let refs: Vec<(&[f32], usize)> = items.iter().map(|(id, v)| (v.as_slice(), *id as usize)).collect();
-                graph.hnsw.parallel_insert_slice(&refs);
-                graph.inserted += refs.len();
+                // Planned in parallel, a chunk at a time, so that each chunk links to the ones
+                // before it.
+                for chunk in items.chunks(INSERT_CHUNK) {
+                    let plans: Vec<_> = {
+                        let graph = &*graph;
+                        chunk.par_iter().map(|(id, v)| graph.plan(*id, v)).collect()
+                    };
+                    plans.into_iter().for_each(|plan| graph.apply(plan));
+                }
             }
             flat => items.iter().for_each(|(id, v)| flat.insert(*id, v)),
         }
     }
 
-    /// Whether a live vector with this id is here (for a graph: not known dead; ids of
-    /// entries never inserted are never asked about).
+    /// Whether a live vector with this id is here.
     fn contains(&self, id: u64) -> bool {
         match self {
             Inner::Flat(flat) => flat.position.contains_key(&id),
-            Inner::Graph(graph) => !graph.dead.contains(&id),
+            Inner::Graph(graph) => graph.contains_live(id),
         }
     }
 
     fn remove(&mut self, id: u64) -> bool {
         match self {
             Inner::Flat(flat) => flat.remove(id),
-            // Only ids the graph holds can die; ids are never re-inserted.
-            Inner::Graph(graph) => graph.dead.insert(id),
+            Inner::Graph(graph) => graph.remove(id),
         }
     }
 
+    /// The live vectors, decoded from their codes. A rebuild quantises them again to the
+    /// same codes (each row's largest code is 127 times its scale), so nothing is lost.
     fn live_vectors(&self, dim: usize) -> Vec<(u64, Vec<f32>)> {
         match self {
-            Inner::Flat(flat) => {
-                flat.ids.iter().zip(flat.vectors.chunks_exact(dim)).map(|(id, v)| (*id, v.to_vec())).collect()
-            }
-            Inner::Graph(graph) => {
-                if graph.inserted == 0 {
-                    return Vec::new();
-                }
-                let points = graph.hnsw.get_point_indexation();
-                points
-                    .into_iter()
-                    .map(|p| (p.get_origin_id() as u64, p))
-                    .filter(|(id, _)| !graph.dead.contains(id))
-                    .map(|(id, p)| (id, p.get_v().to_vec()))
-                    .collect()
-            }
+            Inner::Flat(flat) => flat.decoded(dim),
+            Inner::Graph(graph) => graph.live_decoded(),
+        }
+    }
+
+    /// Bytes held by the structure, for the memory table.
+    pub fn memory(&self) -> super::compact::Memory {
+        match self {
+            Inner::Graph(graph) => graph.memory(),
+            Inner::Flat(flat) => super::compact::Memory {
+                codes: flat.codes.capacity() + flat.scales.capacity() * 4,
+                links: 0,
+                ids: flat.ids.capacity() * 8 + flat.position.capacity() * 17 * 8 / 7,
+            },
         }
     }
 }
 
 impl Flat {
     fn push(&mut self, id: u64, vector: &[f32]) {
+        let dim = vector.len();
         if let Some(&at) = self.position.get(&id) {
-            let dim = vector.len();
-            self.vectors[at * dim..(at + 1) * dim].copy_from_slice(vector);
+            let mut codes = Vec::with_capacity(dim);
+            self.scales[at] = quantize(vector, &mut codes);
+            self.codes[at * dim..(at + 1) * dim].copy_from_slice(&codes);
             return;
         }
         self.position.insert(id, self.ids.len());
         self.ids.push(id);
-        self.vectors.extend_from_slice(vector);
+        let scale = quantize(vector, &mut self.codes);
+        self.scales.push(scale);
     }
 
     fn remove(&mut self, id: u64) -> bool {
         let Some(at) = self.position.remove(&id) else { return false };
-        let dim = self.vectors.len() / self.ids.len();
+        let dim = self.codes.len() / self.ids.len();
         let last = self.ids.len() - 1;
         self.ids.swap_remove(at);
+        self.scales.swap_remove(at);
         if at != last {
-            self.vectors.copy_within(last * dim..(last + 1) * dim, at * dim);
+            self.codes.copy_within(last * dim..(last + 1) * dim, at * dim);
             self.position.insert(self.ids[at], at);
         }
-        self.vectors.truncate(last * dim);
+        self.codes.truncate(last * dim);
         true
     }
 
-    fn search(&self, dim: usize, query: &[f32], k: usize) -> Vec<Candidate> {
+    fn decoded(&self, dim: usize) -> Vec<(u64, Vec<f32>)> {
+        self.ids
+            .iter()
+            .zip(self.codes.chunks_exact(dim.max(1)))
+            .zip(&self.scales)
+            .map(|((id, codes), scale)| (*id, codes.iter().map(|&c| f32::from(c) * scale).collect()))
+            .collect()
+    }
+
+    fn search(&self, dim: usize, query: &Query, k: usize) -> Vec<Candidate> {
         let mut best: Vec<Candidate> = Vec::with_capacity(k + 1);
-        for (id, v) in self.ids.iter().zip(self.vectors.chunks_exact(dim)) {
-            let similarity = dot(query, v);
+        for ((id, codes), scale) in self.ids.iter().zip(self.codes.chunks_exact(dim.max(1))).zip(&self.scales) {
+            let similarity = query.similarity(codes, *scale);
             if best.len() == k && best.last().is_some_and(|c| c.similarity >= similarity) {
                 continue;
             }
@@ -485,22 +512,6 @@ impl Flat {
             best.truncate(k);
         }
         best
-    }
-}
-
-impl Graph {
-    fn new(params: &IndexParams, expected: usize) -> Self {
-        let hnsw = Hnsw::new(params.max_connections, expected.max(1024), 16, params.ef_construction, DistDot {});
-        Graph { hnsw, dead: HashSet::new(), inserted: 0 }
-    }
-
-    /// Every id in the graph, dead ones included.
-    fn ids(&self) -> Vec<u64> {
-        if self.inserted == 0 {
-            // hnsw_rs's point iterator expects an entry point.
-            return Vec::new();
-        }
-        self.hnsw.get_point_indexation().into_iter().map(|p| p.get_origin_id() as u64).collect()
     }
 }
 
@@ -567,7 +578,7 @@ mod tests {
         }
         let top = p.search(&items[7].1, 3);
         assert_eq!(top[0].id, 7);
-        assert!((top[0].similarity - 1.0).abs() < 1e-5);
+        assert!((top[0].similarity - 1.0).abs() < 5e-3, "codes are within a few thousandths");
         assert!(top[0].similarity >= top[1].similarity && top[1].similarity >= top[2].similarity);
         assert!(p.remove(7));
         assert!(!p.remove(7));
@@ -732,9 +743,16 @@ mod tests {
 
         assert!(checkpoint::load(dir.path(), "ns", &[5; 16], 24, "model-b").is_err(), "other model");
         assert!(checkpoint::load(dir.path(), "ns", &[6; 16], 24, "model-a").is_err(), "other scope");
-        // A corrupt graph file is refused, not a panic.
-        let key = checkpoint::key("ns", &[5; 16]);
-        std::fs::write(dir.path().join(key).join("graph.hnsw.graph"), b"garbage").unwrap();
+        // A damaged graph file is refused, not a panic: one flipped bit in a code (which no
+        // structural check could see) fails the checksum, and garbage fails to parse.
+        let file = dir.path().join(checkpoint::key("ns", &[5; 16])).join("graph.bin");
+        let mut bytes = std::fs::read(&file).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 1;
+        std::fs::write(&file, &bytes).unwrap();
+        let err = checkpoint::load(dir.path(), "ns", &[5; 16], 24, "model-a").err().unwrap();
+        assert!(err.to_string().contains("checksum"), "{err}");
+        std::fs::write(&file, b"garbage").unwrap();
         let err = checkpoint::load(dir.path(), "ns", &[5; 16], 24, "model-a").err().unwrap();
         assert!(matches!(err, checkpoint::LoadError::Unusable { .. }), "{err}");
     }

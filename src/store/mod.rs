@@ -443,6 +443,23 @@ impl Store {
         })
     }
 
+    /// Bytes RocksDB holds in memory (block cache, memtables, index and filter blocks of
+    /// open tables), as it reports them, for the memory table.
+    pub fn memory_bytes(&self) -> u64 {
+        let db = self.db.read();
+        let prop = |cf: &ColumnFamily, name: &str| db.property_int_value_cf(cf, name).ok().flatten().unwrap_or(0);
+        let entries = cf(&db, CF_ENTRIES);
+        // One block cache is shared by every column family: count it once.
+        let mut total = prop(entries, "rocksdb.block-cache-usage");
+        for name in COLUMN_FAMILIES.into_iter().chain([rocksdb::DEFAULT_COLUMN_FAMILY_NAME]) {
+            if let Some(handle) = db.cf_handle(name) {
+                total += prop(handle, "rocksdb.cur-size-all-mem-tables")
+                    + prop(handle, "rocksdb.estimate-table-readers-mem");
+            }
+        }
+        total
+    }
+
     pub fn get_entry(&self, namespace: &str, id: u64) -> Result<Option<EntryRecord>, StoreError> {
         let key = keys::entry_key(namespace, id);
         let db = self.db.read();

@@ -268,7 +268,7 @@ async fn graph_partitions_come_back_from_checkpoints_and_survive_a_corrupt_one()
     server.stop().await;
 
     // A corrupt checkpoint costs a rebuild, not data and not a crash.
-    std::fs::write(checkpoints[0].join("graph.hnsw.graph"), b"not a graph").unwrap();
+    std::fs::write(checkpoints[0].join("graph.bin"), b"not a graph").unwrap();
     let server = TestServer::start_with(a).await;
     check(server.client.clone()).await;
     server.stop().await;
