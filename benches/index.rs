@@ -42,7 +42,8 @@ fn near_query(seed: u64, of: &[f32]) -> Vec<f32> {
     q
 }
 
-fn brute_force(vectors: &[Vec<f32>], queries: &[Vec<f32>]) -> Vec<u64> {
+/// The best similarity of each query over all vectors, and the id that has it.
+fn brute_force(vectors: &[Vec<f32>], queries: &[Vec<f32>]) -> Vec<(u64, f32)> {
     queries
         .par_iter()
         .map(|q| {
@@ -53,7 +54,7 @@ fn brute_force(vectors: &[Vec<f32>], queries: &[Vec<f32>]) -> Vec<u64> {
                     acc
                 }
             });
-            best as u64 + 1
+            (best as u64 + 1, dot(q, &vectors[best]))
         })
         .collect()
 }
@@ -151,7 +152,9 @@ fn report(n: usize, p: &Partition, vectors: &[Vec<f32>], sets: &[(&str, &Vec<Vec
                 if let Some((_, approx, exact)) = best {
                     worst_code_error = worst_code_error.max((approx - exact).abs());
                 }
-                correct += usize::from(best.map(|b| b.0) == Some(*want));
+                // Found if it is as similar as brute force's best: real data holds texts that
+                // embed identically (they differ only in case or spacing), and either is right.
+                correct += usize::from(best.is_some_and(|b| b.0 == want.0 || b.2 >= want.1 - 1e-6));
             }
             let times = Latencies::new(times);
             let micros = |p: f64| times.quantile(p).expect("samples").as_secs_f64() * 1e6;

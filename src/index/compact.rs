@@ -268,7 +268,7 @@ impl Compact {
     /// hash of its id: the same id always lands on the same layer, and planning an insert
     /// needs no mutable state.
     fn level_of(&self, id: u64) -> usize {
-        let u = (SplitMix64::new(id ^ 0x5eed_0f_9a_a9).next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let u = (SplitMix64::new(id ^ 0x005e_ed0f_9aa9).next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         let level = -(1.0 - u).ln() / (self.m as f64).ln();
         (level as usize).min(MAX_LEVEL)
     }
@@ -385,6 +385,11 @@ impl Compact {
             return g;
         }
         let points: Vec<_> = hnsw.get_point_indexation().into_iter().collect();
+        // Sized exactly: grown by doubling, these would hold up to twice their bytes.
+        g.ids.reserve_exact(points.len());
+        g.scales.reserve_exact(points.len());
+        g.levels.reserve_exact(points.len());
+        g.codes.reserve_exact(points.len() * dim);
         for p in &points {
             let slot = g.ids.len() as u32;
             g.ids.push(p.get_origin_id() as u64);
@@ -414,22 +419,21 @@ impl Compact {
         g
     }
 
-    /// Bytes held, by part, for the memory table.
+    /// Bytes held, by part, for the memory table. The large arrays count by length: past
+    /// the allocator's mmap threshold, the capacity a `Vec` doubles into is address space that
+    /// is not resident until written.
     pub fn memory(&self) -> Memory {
-        let map = |entries: usize, each: usize| entries * (each + 1) * 8 / 7;
+        let map = |buckets: usize, slot: usize| buckets * (slot + 1);
         Memory {
-            codes: self.codes.capacity() + self.scales.capacity() * 4,
-            links: self.links0.capacity() * 4
-                + self.counts0.capacity()
+            codes: self.codes.len() + self.scales.len() * 4,
+            links: self.links0.len() * 4
+                + self.counts0.len()
                 + self
                     .upper
                     .iter()
                     .map(|l| map(l.capacity(), 28) + l.values().map(|v| v.capacity() * 4).sum::<usize>())
                     .sum::<usize>(),
-            ids: self.ids.capacity() * 8
-                + map(self.slot_of.capacity(), 12)
-                + self.levels.capacity()
-                + self.dead.capacity() * 8,
+            ids: self.ids.len() * 8 + map(self.slot_of.capacity(), 12) + self.levels.len() + self.dead.len() * 8,
         }
     }
 

@@ -391,7 +391,10 @@ impl Inner {
             }
         }
         drop(rows);
-        Inner::Graph(Compact::from_hnsw(&hnsw, dim, params.max_connections, params.ef_construction))
+        let graph = Compact::from_hnsw(&hnsw, dim, params.max_connections, params.ef_construction);
+        drop(hnsw);
+        release_freed_memory();
+        Inner::Graph(graph)
     }
 
     fn len(&self) -> usize {
@@ -512,6 +515,18 @@ impl Flat {
             best.truncate(k);
         }
         best
+    }
+}
+
+/// Hands memory freed on the heap back to the OS. hnsw_rs's build allocates an `Arc` and a
+/// `Vec` per link (~3.5 KB a point); freed, those millions of small chunks stay in glibc's heap
+/// as free but resident pages, and RSS would stay at its build-time peak (measured at 100k:
+/// 737 MiB after a build, 197 MiB for the same graph loaded from its checkpoint).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own heap to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
