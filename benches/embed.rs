@@ -2,13 +2,13 @@
 //! (sharded across all cores, as the server runs them), and the batch of 32 on one thread.
 //! `matmul_int8` times the encoder's three matrix products at a batch of 32 (640 tokens) in f32
 //! and through candle's int8 path (weights quantised to Q8_0 at load, activations at run
-//! time), and prints how far the int8 product is from the f32 one: the measurement behind
-//! keeping f32 (README, "More embeddings per core").
+//! time), and prints how far the int8 product is from the f32 one: part of the measurement
+//! behind keeping f32 (README, "int8 encoder: measured, not kept").
 //! Needs the model (`models/fetch.sh`). `cargo bench --bench embed`; the PyTorch reference
 //! on the same texts is `benches/torch_embed.py`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use semcache::embed::{ModelInfo, Precision, SentenceModel};
+use semcache::embed::{ModelInfo, SentenceModel};
 use std::path::Path;
 
 const QUERIES: [&str; 8] = [
@@ -22,39 +22,12 @@ const QUERIES: [&str; 8] = [
     "Is it safe for dogs to eat grapes or raisins?",
 ];
 
-fn model_in(precision: Precision) -> SentenceModel {
+fn model() -> SentenceModel {
     let dir = std::env::var_os("SEMCACHE_MODEL_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"));
     let info = ModelInfo::read(&dir).expect("model missing: run models/fetch.sh");
-    SentenceModel::load_with(&dir, info, candle_core::Device::Cpu, precision).expect("load model")
-}
-
-fn model() -> SentenceModel {
-    model_in(Precision::F32)
-}
-
-/// Batch-32 throughput of both precisions side by side, on one thread and on all cores, and
-/// the int8 embeddings' cosine to the f32 ones.
-fn precisions(c: &mut Criterion) {
-    let (f32_model, int8_model) = (model(), model_in(Precision::Int8));
-    let batch: Vec<&str> = QUERIES.iter().cycle().take(32).copied().collect();
-    let (exact, approx) = (f32_model.embed(&batch).unwrap(), int8_model.embed(&batch).unwrap());
-    let worst =
-        exact.iter().zip(&approx).map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()).fold(1f32, f32::min);
-    println!("precision: lowest cosine of an int8 embedding to its f32 one over the batch: {worst:.5}");
-    let mut group = c.benchmark_group("precision");
-    group.throughput(Throughput::Elements(32));
-    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-    for (name, model) in [("f32", &f32_model), ("int8", &int8_model)] {
-        group.bench_with_input(BenchmarkId::new(format!("{name}_batch32"), "all_cores"), &batch, |b, batch| {
-            b.iter(|| model.embed(batch).unwrap())
-        });
-        group.bench_with_input(BenchmarkId::new(format!("{name}_batch32"), "one_thread"), &batch, |b, batch| {
-            b.iter(|| one.install(|| model.embed(batch).unwrap()))
-        });
-    }
-    group.finish();
+    SentenceModel::load(&dir, info, candle_core::Device::Cpu).expect("load model")
 }
 
 fn bench(c: &mut Criterion) {
@@ -119,6 +92,6 @@ fn int8(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30);
-    targets = bench, int8, precisions
+    targets = bench, int8
 }
 criterion_main!(benches);

@@ -154,7 +154,6 @@ async fn spawn_model(args: &ServeArgs) -> Result<(Embedder, Histogram, Ready), S
         max_batch_tokens: args.max_batch_tokens,
         threads: args.model_threads,
         warmup_rounds: args.warmup_rounds,
-        precision: args.model.model_precision,
     };
     let batch_sizes = crate::metrics::batch_size_histogram();
     let observed = batch_sizes.clone();

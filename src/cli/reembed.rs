@@ -40,8 +40,7 @@ pub fn run(args: ReembedArgs) -> anyhow::Result<()> {
     );
     check_model_dir(&args.model.model_dir)?;
     let info = ModelInfo::read(&args.model.model_dir)?;
-    let model =
-        SentenceModel::load_with(&args.model.model_dir, info, device(args.model.device)?, args.model.model_precision)?;
+    let model = SentenceModel::load(&args.model.model_dir, info, device(args.model.device)?)?;
     let store = Store::open(&args.data_dir)
         .with_context(|| format!("cannot open {} (is a server still using it?)", args.data_dir.display()))?;
     let plan = reembed::plan(&store, &model, &args.namespaces)?;

@@ -15,7 +15,7 @@ use crate::grpc::auth::TokenSpec;
 use clap::{Args, ValueEnum};
 use std::{net::SocketAddr, path::PathBuf};
 
-pub use crate::embed::{DeviceKind, Precision};
+pub use crate::embed::DeviceKind;
 
 /// The CLI's spelling of the model's device, kept here so that `embed` knows nothing of
 /// flags (TEI derives its CLI enums behind a feature for the same reason).
@@ -33,23 +33,6 @@ impl ValueEnum for DeviceKind {
     }
 }
 
-/// The CLI's spelling of the dense layers' arithmetic.
-impl ValueEnum for Precision {
-    fn value_variants<'a>() -> &'a [Self] {
-        &[Precision::F32, Precision::Int8]
-    }
-
-    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        use clap::builder::PossibleValue;
-        Some(match self {
-            Precision::F32 => PossibleValue::new("f32"),
-            Precision::Int8 => PossibleValue::new("int8").help(
-                "Weights in int8, activations quantised per call; CPU only. Embeddings within cosine 0.999 of f32's",
-            ),
-        })
-    }
-}
-
 /// Which sentence model, and where it runs.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
@@ -61,12 +44,6 @@ pub struct ModelArgs {
     /// Device the sentence model runs on.
     #[arg(long, env = "SEMCACHE_DEVICE", value_enum, default_value = "cpu")]
     pub device: DeviceKind,
-
-    /// Arithmetic of the encoder's matrix products: `int8` quantises the weights at load and
-    /// the activations per call (u8 x i8 kernels, VNNI where the CPU has it). The vectors stay
-    /// in the f32 model's space, so entries stored under either precision are found by both.
-    #[arg(long, env = "SEMCACHE_MODEL_PRECISION", value_enum, default_value = "f32")]
-    pub model_precision: Precision,
 }
 
 /// How log lines are written.

@@ -12,7 +12,6 @@
 //! Weight names are the Hugging Face ones, so any BERT-family sentence-transformers folder
 //! loads as it did with candle-transformers.
 
-use super::int8::Int8Linear;
 use candle_core::{bail, CpuStorage, DType, InplaceOp1, Layout, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use candle_transformers::models::bert::{Config, HiddenAct, PositionEmbeddingType};
@@ -39,38 +38,16 @@ impl Norm {
     }
 }
 
-fn linear(vb: VarBuilder, input: usize, output: usize) -> Result<Dense> {
-    Ok(Dense::F32(Linear::new(vb.get((output, input), "weight")?, Some(vb.get(output, "bias")?))))
-}
-
-/// A dense layer, in f32 or with int8 matrix products (see `int8`).
-enum Dense {
-    F32(Linear),
-    Int8(Int8Linear),
-}
-
-impl Dense {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Dense::F32(l) => l.forward(x),
-            Dense::Int8(l) => l.forward(x),
-        }
-    }
-
-    fn to_int8(&mut self) -> Result<()> {
-        if let Dense::F32(l) = self {
-            *self = Dense::Int8(Int8Linear::new(l)?);
-        }
-        Ok(())
-    }
+fn linear(vb: VarBuilder, input: usize, output: usize) -> Result<Linear> {
+    Ok(Linear::new(vb.get((output, input), "weight")?, Some(vb.get(output, "bias")?)))
 }
 
 struct Layer {
-    qkv: Dense,
-    attention_out: Dense,
+    qkv: Linear,
+    attention_out: Linear,
     attention_norm: Norm,
-    intermediate: Dense,
-    output: Dense,
+    intermediate: Linear,
+    output: Linear,
     output_norm: Norm,
 }
 
@@ -83,8 +60,7 @@ impl Layer {
             Ok((vb.get((h, h), "weight")?, vb.get(h, "bias")?))
         };
         let (q, k, v) = (part("query")?, part("key")?, part("value")?);
-        let qkv =
-            Dense::F32(Linear::new(Tensor::cat(&[&q.0, &k.0, &v.0], 0)?, Some(Tensor::cat(&[&q.1, &k.1, &v.1], 0)?)));
+        let qkv = Linear::new(Tensor::cat(&[&q.0, &k.0, &v.0], 0)?, Some(Tensor::cat(&[&q.1, &k.1, &v.1], 0)?));
         Ok(Self {
             qkv,
             attention_out: linear(attn.pp("output").pp("dense"), h, h)?,
@@ -133,16 +109,6 @@ impl Bert {
             head_dim: h / c.num_attention_heads,
             act: c.hidden_act,
         })
-    }
-
-    /// Switches every dense layer's matrix products to int8 (weights quantised now). CPU only.
-    pub fn to_int8(&mut self) -> Result<()> {
-        for l in &mut self.layers {
-            for dense in [&mut l.qkv, &mut l.attention_out, &mut l.intermediate, &mut l.output] {
-                dense.to_int8()?;
-            }
-        }
-        Ok(())
     }
 
     /// Last hidden states, `(batch, len, hidden)`, for `u32` ids, type ids and a 0/1 mask.

@@ -5,7 +5,6 @@
 //! the admission control: a full queue is refused at once, never waited on.
 
 mod bert;
-mod int8;
 mod model;
 
 pub use model::{check_model_dir, device, mean_pool_normalize, ModelInfo, SentenceModel, REQUIRED_FILES};
@@ -48,15 +47,6 @@ pub enum DeviceKind {
     Cpu,
     /// An NVIDIA GPU; needs a build with `--features cuda`.
     Cuda,
-}
-
-/// The arithmetic of the encoder's dense layers. (Its CLI spelling lives in `config`.)
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Precision {
-    #[default]
-    F32,
-    /// Weights quantised to int8 at load, activations per call (see `int8`); CPU only.
-    Int8,
 }
 
 /// What the cache needs of a sentence model: the seam that lets the policy be tested with a
@@ -107,20 +97,11 @@ pub struct BatchConfig {
     pub threads: usize,
     /// Forward passes before the model reports ready (the first ones allocate).
     pub warmup_rounds: usize,
-    /// The dense layers' arithmetic.
-    pub precision: Precision,
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self {
-            max_queue: 1024,
-            max_batch: 32,
-            max_batch_tokens: 2048,
-            threads: 0,
-            warmup_rounds: 1,
-            precision: Precision::F32,
-        }
+        Self { max_queue: 1024, max_batch: 32, max_batch_tokens: 2048, threads: 0, warmup_rounds: 1 }
     }
 }
 
@@ -165,8 +146,7 @@ impl Embedder {
             .name("semcache-model".into())
             .spawn(move || {
                 let started = model_pool(config.threads).and_then(|pool| {
-                    let model = model::device(device)
-                        .and_then(|dev| SentenceModel::load_with(&dir, info, dev, config.precision))?;
+                    let model = model::device(device).and_then(|dev| SentenceModel::load(&dir, info, dev))?;
                     // Enough texts that every thread of the pool gets a shard to warm up.
                     let warm = vec!["warm up the model before serving"; pool.current_num_threads()];
                     for _ in 0..config.warmup_rounds.max(1) {

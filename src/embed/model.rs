@@ -2,7 +2,7 @@
 //! pooling and L2 normalisation, as sentence-transformers computes them.
 
 use super::bert::Bert;
-use super::{DeviceKind, EmbedError, Precision};
+use super::{DeviceKind, EmbedError};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::Config;
@@ -117,11 +117,6 @@ pub struct SentenceModel {
 
 impl SentenceModel {
     pub fn load(dir: &Path, info: ModelInfo, device: Device) -> Result<Self, EmbedError> {
-        Self::load_with(dir, info, device, Precision::F32)
-    }
-
-    /// [`SentenceModel::load`] with the dense layers' matrix products in `precision`.
-    pub fn load_with(dir: &Path, info: ModelInfo, device: Device, precision: Precision) -> Result<Self, EmbedError> {
         let load_err = |reason: String| EmbedError::Load { dir: dir.to_owned(), reason };
         let config = read_config(dir)?;
         let mut tokenizer =
@@ -138,15 +133,7 @@ impl SentenceModel {
         // concurrent writer replacing it in place is outside what any model loader can guard.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device) }
             .map_err(|e| load_err(format!("model.safetensors: {e}")))?;
-        let mut model = Bert::load(vb, &config).map_err(|e| load_err(format!("BERT weights: {e}")))?;
-        if precision == Precision::Int8 {
-            if !device.is_cpu() {
-                return Err(load_err(
-                    "int8 matrix products run on the CPU only; use --model-precision f32 on a GPU".into(),
-                ));
-            }
-            model.to_int8().map_err(|e| load_err(format!("quantising the weights to int8: {e}")))?;
-        }
+        let model = Bert::load(vb, &config).map_err(|e| load_err(format!("BERT weights: {e}")))?;
         Ok(Self { model, tokenizer, device, info, pad_id })
     }
 
