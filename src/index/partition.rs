@@ -762,8 +762,8 @@ mod tests {
         // structural check could see) fails the checksum, and garbage fails to parse.
         let file = dir.path().join(checkpoint::key("ns", &[5; 16])).join("graph.bin");
         let mut bytes = std::fs::read(&file).unwrap();
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 1;
+        // Past the 48-byte header and the 200 points' ids, scales and levels: a code.
+        bytes[48 + 200 * (8 + 4 + 1) + 5] ^= 1;
         std::fs::write(&file, &bytes).unwrap();
         let err = checkpoint::load(dir.path(), "ns", &[5; 16], 24, "model-a").err().unwrap();
         assert!(err.to_string().contains("checksum"), "{err}");
