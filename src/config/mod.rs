@@ -230,7 +230,7 @@ pub struct ServeArgs {
 
     /// Breadth of an HNSW graph search (ef): higher finds the true nearest entry more often
     /// and costs proportionally more time (`cargo bench --bench index` measures both).
-    #[arg(long, env = "SEMCACHE_EF_SEARCH", default_value_t = 64)]
+    #[arg(long, env = "SEMCACHE_EF_SEARCH", default_value_t = 128)]
     pub ef_search: usize,
 
     /// Milliseconds between expiry sweeps and capacity checks. Expired entries are never

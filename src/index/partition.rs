@@ -41,7 +41,10 @@ impl Default for IndexParams {
             flat_limit: 4096,
             max_connections: 16,
             ef_construction: 200,
-            ef_search: 64,
+            // At 1M real-structure vectors, 128 finds the true nearest for 98.0% of reworded
+            // paraphrase queries at p99 1.3 ms (64: 96.8% at 0.7 ms); a lookup's cost is the
+            // model's ~8 ms either way (README, "The index").
+            ef_search: 128,
         }
     }
 }
