@@ -77,7 +77,7 @@ fn flags_beat_the_environment_which_beats_the_file() {
     assert!(line("max_batch").contains("16") && line("max_batch").contains("environment"), "{stdout}");
     assert!(line("max_queue").contains("2048") && line("max_queue").contains("# config file"), "{stdout}");
     assert!(line("model_dir").contains("/models/x"), "{stdout}");
-    assert!(line("ef_search").contains("64") && line("ef_search").contains("# default"), "{stdout}");
+    assert!(line("ef_search").contains("128") && line("ef_search").contains("# default"), "{stdout}");
     assert!(stdout.contains("[namespaces.support]\nsimilarity_threshold = 0.9\nttl_seconds = 3600"), "{stdout}");
 }
 
