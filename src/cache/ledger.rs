@@ -91,11 +91,11 @@ impl Ledger {
         self.inner.lock()
     }
 
-    /// Bytes the ledger holds, estimated from its tables' capacities (hash tables: a slot
-    /// and a control byte per bucket; B-trees: keys at two-thirds fill, as they settle).
+    /// Bytes the ledger holds, estimated from its tables' capacities (hash tables as
+    /// `index::compact::hash_table_bytes` counts them; B-trees: keys at two-thirds fill).
     pub fn memory_bytes(&self) -> usize {
         let inner = self.lock();
-        let hashed = |buckets: usize, slot: usize| buckets * (slot + 1);
+        let hashed = crate::index::compact::hash_table_bytes;
         let btree = |len: usize, key: usize| len * key * 3 / 2;
         hashed(inner.entries.capacity(), 8 + std::mem::size_of::<Meta>())
             + hashed(inner.ticks.capacity(), 16)

@@ -52,14 +52,16 @@ pub(super) struct Neighbour {
     pub similarity: f32,
     /// Its answer's identity (0 = unknown).
     pub answer: u64,
+    /// Its record, as read for the re-rank: the lookup serves from it without a second read.
+    pub record: EntryRecord,
 }
 
 /// A candidate still worth considering: live, and not refused for this query.
 struct Live {
-    id: u64,
     similarity: f32,
     answer: u64,
     offset: Offset,
+    record: EntryRecord,
 }
 
 impl Cache {
@@ -187,15 +189,16 @@ impl Cache {
         let now = self.now();
         let (neighbours, full) = self.live_neighbours(partition, vector, now)?;
         let screened = self.learning.screen(ask.query_id, neighbours.iter().map(|n| n.id));
-        let live: Vec<Live> = neighbours
+        let mut live: Vec<Live> = neighbours
             .into_iter()
             .zip(screened)
             .filter_map(|(n, offset)| {
-                Some(Live { id: n.id, similarity: n.similarity, answer: n.answer, offset: offset? })
+                Some(Live { similarity: n.similarity, answer: n.answer, offset: offset?, record: n.record })
             })
             .collect();
-        for (i, candidate) in live.iter().enumerate() {
-            let Some(entry) = self.store.get_entry(&ask.namespace, candidate.id)? else { continue };
+        for i in 0..live.len() {
+            let entry = std::mem::take(&mut live[i].record);
+            let candidate = &live[i];
             if !entry.is_live(now) || entry.scope != ask.scope {
                 continue;
             }
@@ -257,25 +260,26 @@ impl Cache {
         let ids: Vec<u64> = approximate.iter().map(|c| c.id).collect();
         let records = self.store.get_entries(partition.namespace(), &ids)?;
         // An id without a record was deleted since the search.
-        let mut exact: Vec<(u64, f32)> = records
+        let mut exact: Vec<(f32, EntryRecord)> = records
             .into_iter()
             .flatten()
             .filter(|r| r.vector.len() == vector.len())
-            .map(|r| (r.id, dot(vector, &r.vector)))
+            .map(|r| (dot(vector, &r.vector), r))
             .collect();
-        exact.sort_by(|a, b| b.1.total_cmp(&a.1));
+        exact.sort_by(|a, b| b.0.total_cmp(&a.0));
         exact.truncate(CANDIDATES);
-        let known = self.ledger.candidates(exact.iter().map(|c| c.0));
+        let known = self.ledger.candidates(exact.iter().map(|c| c.1.id));
         let live = exact
-            .iter()
+            .into_iter()
             .zip(known)
-            .filter_map(|(&(id, similarity), known)| {
+            .filter_map(|((similarity, record), known)| {
                 let (expires_at, answer) = known?;
                 // Expired but not yet swept: never served.
                 (expires_at == 0 || expires_at > now).then_some(Neighbour {
-                    id,
+                    id: record.id,
                     similarity: similarity.clamp(-1.0, 1.0),
                     answer,
+                    record,
                 })
             })
             .collect();

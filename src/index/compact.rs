@@ -423,7 +423,7 @@ impl Compact {
     /// the allocator's mmap threshold, the capacity a `Vec` doubles into is address space that
     /// is not resident until written.
     pub fn memory(&self) -> Memory {
-        let map = |buckets: usize, slot: usize| buckets * (slot + 1);
+        let map = hash_table_bytes;
         Memory {
             codes: self.codes.len() + self.scales.len() * 4,
             links: self.links0.len() * 4
@@ -547,6 +547,22 @@ pub struct Memory {
     pub codes: usize,
     pub links: usize,
     pub ids: usize,
+}
+
+impl std::iter::Sum for Memory {
+    fn sum<I: Iterator<Item = Memory>>(parts: I) -> Memory {
+        parts.fold(Memory::default(), |a, m| Memory {
+            codes: a.codes + m.codes,
+            links: a.links + m.links,
+            ids: a.ids + m.ids,
+        })
+    }
+}
+
+/// Bytes of a hash table of `capacity` slots of `slot` bytes each: hashbrown keeps one control
+/// byte per slot beside it (an estimate: it ignores the load-factor slack).
+pub fn hash_table_bytes(capacity: usize, slot: usize) -> usize {
+    capacity * (slot + 1)
 }
 
 /// A visited set for one search: a bitset over the graph's slots (1M points: 125 KB), cleared

@@ -182,11 +182,7 @@ impl Index {
 
     /// Bytes the partitions' structures hold, summed.
     pub fn memory(&self) -> compact::Memory {
-        self.all().iter().map(|p| p.memory()).fold(compact::Memory::default(), |a, m| compact::Memory {
-            codes: a.codes + m.codes,
-            links: a.links + m.links,
-            ids: a.ids + m.ids,
-        })
+        self.all().iter().map(|p| p.memory()).sum()
     }
 
     pub fn total(&self) -> usize {

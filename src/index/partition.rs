@@ -462,7 +462,7 @@ impl Inner {
             Inner::Flat(flat) => super::compact::Memory {
                 codes: flat.codes.capacity() + flat.scales.capacity() * 4,
                 links: 0,
-                ids: flat.ids.capacity() * 8 + flat.position.capacity() * 17 * 8 / 7,
+                ids: flat.ids.capacity() * 8 + super::compact::hash_table_bytes(flat.position.capacity(), 16),
             },
         }
     }
